@@ -1,0 +1,227 @@
+// chatkit browser client: one dependency-free ES module, no build step (types: client.d.ts).
+//   <script type="module">import { connect } from "/chatkit.js"; const chat = connect("/ws", {username, room});</script>
+// Loading it as a module (import, or <script type="module" src="/chatkit.js">) also sets
+// globalThis.ChatKit, which classic scripts can use from DOMContentLoaded on. A plain classic
+// <script src> cannot parse the `export` line; that line is the file's last, so a server can
+// serve a classic-script variant by cutting it.
+// A handshake refused with HTTP 4xx (auth, origin, bad name) reaches a browser only as close 1006
+// before open, the same as a network failure, so it is retried with backoff like one; username and
+// room are checked here first, and opts.maxRetries bounds consecutive attempts that never got welcome.
+
+class ChatError extends Error {
+  /** @param {string} code @param {string} message @param {string} [clientMsgId] @param {number} [retryAfterMs] */
+  constructor(code, message, clientMsgId, retryAfterMs) {
+    super(message);
+    this.name = "ChatError";
+    this.code = code;
+    this.clientMsgId = clientMsgId;
+    this.retryAfterMs = retryAfterMs;
+  }
+}
+
+/** Full-jitter delay in ms before reconnect attempt n (0-based): random in [0, min(cap, base*2^n)).
+ * @param {number} n @param {() => number} [random] @param {number} [base] @param {number} [cap] */
+function backoff(n, random = Math.random, base = 500, cap = 30000) {
+  return Math.floor(random() * Math.min(cap, base * 2 ** Math.min(n, 30)));
+}
+
+/** Absolute ws:/wss: URL for path (relative to loc, scheme following http:/https:) with params set
+ * (null/undefined values skipped). @param {string} path @param {{href: string}} [loc]
+ * @param {Record<string, any>} [params] */
+function buildURL(path, loc, params = {}) {
+  const u = new URL(path, loc?.href);
+  u.protocol = u.protocol.replace(/^http/, "ws");
+  for (const [k, v] of Object.entries(params)) if (v != null) u.searchParams.set(k, String(v));
+  return u.href;
+}
+
+/** Opens a chat session that reconnects by itself. See client.d.ts for options and events.
+ * @param {string} path @param {import("./client").ConnectOptions} [opts] @returns {import("./client").Chat} */
+function connect(path, opts = {}) {
+  const o = { maxQueue: 100, maxRetries: Infinity, random: Math.random, now: Date.now, ...opts };
+  const T = o.setTimeout || ((f, ms) => setTimeout(f, ms)), C = o.clearTimeout || ((t) => clearTimeout(t));
+  const name = o.username?.trim(), room = o.room;
+  if (o.username != null && (!name || [...name].length > 32 || /\p{Cc}/u.test(name)))
+    throw new ChatError("bad_username", "username must be 1 to 32 characters, no control characters");
+  if (room != null && !/^[A-Za-z0-9._-]{1,64}$/.test(room))
+    throw new ChatError("bad_room", "room must be 1 to 64 of A-Z a-z 0-9 . _ -");
+  const on = {}, pending = new Map(), prefix = o.random().toString(36).slice(2, 10) || "c";
+  let ws, state = "connecting", timer, pace, closed = false, seen = false, attempt = 0, failures = 0;
+  let welcomedAt = 0, lastId = 0, epoch, welcome = {}, limits = {}, users = [], me = name;
+  let queue = [], tokens = 0, tokenAt = 0, typedAt = -Infinity, seq = 0;
+
+  const emit = (ev, d) => {
+    for (const f of [...(on[ev] || [])]) try { f(d); } catch (e) { (globalThis.reportError || console.error)(e); }
+  };
+  const status = (s, d) => { state = s; emit("status", { state: s, ...d }); };
+  const setUsers = (l) => { if (Array.isArray(l)) users = [...l]; emit("users", [...users]); };
+  const rate = () => (limits.rate > 0 ? limits.rate : 5) * 0.9; // per second, a margin under the server's
+  const refill = () => {
+    const t = o.now();
+    tokens = Math.min(limits.burst || 10, tokens + ((t - tokenAt) * rate()) / 1000);
+    tokenAt = t;
+  };
+  const transmit = (p) => ws.send(JSON.stringify({ type: "chat_message", text: p.text, client_msg_id: p.cid }));
+
+  function open() {
+    timer = null;
+    const p = typeof o.params === "function" ? o.params() : o.params;
+    const q = Object.assign({}, p, name != null && { username: name }, room != null && { room }, seen && { since: lastId, epoch });
+    const s = (ws = new (o.WebSocket || globalThis.WebSocket)(buildURL(path, o.location ?? globalThis.location, q)));
+    let ok = false;
+    s.onmessage = (e) => {
+      if (s !== ws) return;
+      let m;
+      try { m = JSON.parse(e.data); } catch { return; }
+      if (m.type === "welcome") ok = true;
+      handle(m);
+    };
+    s.onclose = (e) => s === ws && dropped(e.code, e.reason, ok);
+  }
+
+  function handle(m) {
+    switch (m.type) {
+      case "welcome": {
+        const reset = seen && m.epoch !== epoch, since = lastId;
+        if (reset) lastId = 0;
+        epoch = m.epoch;
+        welcome = m;
+        me = m.username ?? me;
+        limits = m.limits || {};
+        welcomedAt = tokenAt = o.now();
+        tokens = limits.burst || 10;
+        failures = 0;
+        status("open");
+        emit("welcome", m);
+        setUsers(m.active_users);
+        if (reset || (seen && m.history_truncated)) emit("gap", { reset, since });
+        seen = true;
+        for (const h of m.history || []) message(h, true);
+        queue = [...pending.values()]; // unacked ones are sent again with the same client_msg_id
+        for (const p of queue) p.q = true;
+        return pump();
+      }
+      case "chat_message": return message(m, false);
+      case "ack": return settle(m.client_msg_id, m.id);
+      case "user_joined":
+      case "user_left":
+        setUsers(m.active_users);
+        return emit(m.type === "user_joined" ? "join" : "leave", m);
+      case "typing": return emit("typing", m);
+      case "error": {
+        const err = new ChatError(m.code, m.error, m.client_msg_id, m.retry_after_ms);
+        const p = pending.get(m.client_msg_id);
+        if (!p) return emit("error", err);
+        if (m.code === "rate_limited" && p.q) { // a queued one: wait and send it again
+          tokens = 0;
+          tokenAt = o.now() + (m.retry_after_ms || 1000);
+          queue.push(p);
+          queue.sort((a, b) => a.seq - b.seq);
+          return pump();
+        }
+        pending.delete(p.cid);
+        p.reject(err);
+      }
+    }
+  }
+
+  function message(m, history) {
+    if (typeof m.id === "number") {
+      if (m.id <= lastId) return; // seen already
+      lastId = m.id;
+    }
+    if (m.client_msg_id && m.username === me) settle(m.client_msg_id, m.id);
+    emit("message", { ...m, history });
+  }
+
+  function settle(cid, id) {
+    const p = pending.get(cid);
+    if (!p) return;
+    pending.delete(cid);
+    queue = queue.filter((x) => x !== p);
+    p.resolve({ id, clientMsgId: cid });
+  }
+
+  function pump() {
+    if (state !== "open" || pace) return;
+    while (queue.length) {
+      refill();
+      if (tokens < 1) {
+        pace = T(() => { pace = null; pump(); }, Math.ceil(((1 - tokens) * 1000) / rate()));
+        return;
+      }
+      tokens--;
+      transmit(queue.shift());
+    }
+  }
+
+  function dropped(code, reason, ok) {
+    ws = null;
+    C(pace);
+    pace = null;
+    if (code === 1008 && reason === "username taken") return finish("username_taken", "username taken", code);
+    if ([1003, 1007, 1009].includes(code)) return finish("protocol_error", reason || "protocol error " + code, code);
+    if (!ok && ++failures > o.maxRetries) return finish("connect_failed", "could not connect", code);
+    if (welcomedAt && o.now() - welcomedAt >= 60000) attempt = 0; // stable for a minute
+    welcomedAt = 0;
+    const delayMs = backoff(attempt++, o.random);
+    timer = T(() => { try { open(); } catch (e) { finish("connect_failed", e.message); } }, delayMs);
+    status("reconnecting", { code, reason, delayMs, attempt });
+  }
+
+  function finish(code, reason, closeCode) {
+    if (closed) return;
+    closed = true;
+    C(timer);
+    C(pace);
+    if (ws) { ws.onclose = null; ws.close(1000); ws = null; }
+    const err = new ChatError(code, reason);
+    for (const p of pending.values()) p.reject(err);
+    pending.clear();
+    queue = [];
+    status("closed", { code: closeCode, reason });
+    if (code !== "closed") emit("error", err);
+  }
+
+  const chat = {
+    on(ev, f) { (on[ev] ||= new Set()).add(f); return () => on[ev].delete(f); },
+    off(ev, f) { on[ev]?.delete(f); },
+    send(text) {
+      let p;
+      const r = new Promise((resolve, reject) => (p = { cid: prefix + "-" + ++seq, seq, text, resolve, reject }));
+      r.clientMsgId = p.cid;
+      const max = limits.max_message_length;
+      const e = closed ? ["closed", "chat is closed"]
+        : typeof text !== "string" || !text.trim() ? ["empty_message", "message is empty"]
+        : [...text].length > max ? ["message_too_long", `message exceeds ${max} characters`]
+        : pending.size >= o.maxQueue ? ["queue_full", `more than ${o.maxQueue} messages waiting`] : 0;
+      if (e) p.reject(new ChatError(e[0], e[1], p.cid));
+      else {
+        pending.set(p.cid, p);
+        if (state === "open" && !queue.length) { refill(); tokens = Math.max(0, tokens - 1); transmit(p); }
+        else { p.q = true; queue.push(p); pump(); }
+      }
+      return r;
+    },
+    typing() {
+      const t = o.now();
+      if (state === "open" && t - typedAt >= 1000) { typedAt = t; ws.send('{"type":"typing"}'); }
+    },
+    reconnect() { if (!closed && !ws) { C(timer); open(); } },
+    close() { finish("closed", "closed by client"); },
+    get status() { return state; },
+    get users() { return [...users]; },
+    get username() { return me; },
+    get room() { return welcome.room ?? room; },
+    get sessionId() { return welcome.session_id; },
+    get limits() { return { ...limits }; },
+    get lastId() { return lastId; },
+    get epoch() { return epoch; },
+    get queued() { return pending.size; },
+  };
+  open();
+  return chat;
+}
+
+globalThis.ChatKit = { connect, backoff, buildURL, ChatError };
+export { connect, backoff, buildURL, ChatError };
