@@ -1,0 +1,390 @@
+// Package chatkit is a complete real-time chat for any Go web server, in
+// one http.Handler: WebSocket connections, rooms, presence, join and leave
+// notices, history with lossless resume after reconnects, per-session rate
+// and size limits, idle timeouts and graceful shutdown.
+//
+//	chat := chatkit.New()
+//	mux.Handle("/ws", chat)
+//	mux.Handle("/chatkit.js", chatkit.ClientJS())
+//
+// Clients connect with GET /ws?username=Alice&room=general and exchange
+// JSON events described in PROTOCOL.md; a plain text frame is a chat
+// message, so simple clients need no JSON at all.
+//
+// Every Server is independent: the package has no global state.
+package chatkit
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	_ "embed"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+	"golang.org/x/time/rate"
+)
+
+// ErrServerClosed is returned by Broadcast after Shutdown has begun.
+var ErrServerClosed = errors.New("chatkit: server closed")
+
+var errTooManyRooms = errors.New("too many rooms")
+
+// A Server is a chat: an http.Handler that upgrades requests to WebSocket
+// sessions and puts each in a room. Create one with New. Its methods are
+// safe for concurrent use.
+type Server struct {
+	cfg       config
+	readLimit int64
+
+	mu       sync.Mutex
+	rooms    map[string]*room
+	live     map[*session]struct{} // every session past the handshake
+	closing  bool
+	sessions sync.WaitGroup // sessions and Broadcast calls in progress
+}
+
+// New returns a Server configured by opts. It panics if an option has an
+// invalid value, such as a ping interval not shorter than the idle timeout.
+// A Server starts no goroutine until a client connects.
+func New(opts ...Option) *Server {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		o(&cfg)
+	}
+	cfg.validate()
+	return &Server{
+		cfg: cfg,
+		// A maximum-length message must fit however it is encoded: JSON
+		// may \u-escape every character, 12 bytes for a character
+		// outside the BMP, and so may the client_msg_id; 1 KiB covers
+		// the rest of the command and any whitespace.
+		readLimit: int64(12*cfg.maxMessageLen + 12*maxClientMsgID + 1024),
+		rooms:     make(map[string]*room),
+		live:      make(map[*session]struct{}),
+	}
+}
+
+func (c *config) limits() limits {
+	l := limits{
+		MaxMessageLength: c.maxMessageLen,
+		Burst:            c.burst,
+		HistorySize:      c.historySize,
+		PingIntervalMS:   c.pingInterval.Milliseconds(),
+	}
+	if c.rate != rate.Inf {
+		l.Rate = float64(c.rate)
+	} else {
+		l.Burst = 0
+	}
+	return l
+}
+
+// ServeHTTP performs the WebSocket handshake and serves the session until
+// it ends. Refused handshakes are answered with a JSON body
+// {"error": "..."} and these statuses: 405 for a method other than GET, 426
+// for a request that is not a WebSocket upgrade, 503 after Shutdown has
+// begun or when every room is in use at the WithMaxRooms cap, 403 for a
+// cross-origin request that WithOriginPatterns does not allow, 401 when
+// WithAuth fails (or the status of an HTTPError it returns), and 400 for
+// an invalid username, room or since parameter. A username already present
+// in the room is accepted and then closed with code 1008 and reason
+// "username taken", since a browser can read a close reason but not an
+// HTTP status.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case r.Method != http.MethodGet:
+		w.Header().Set("Allow", http.MethodGet)
+		refuse(w, http.StatusMethodNotAllowed, "chat endpoint: use GET with a WebSocket upgrade")
+		return
+	case !isUpgrade(r):
+		w.Header().Set("Upgrade", "websocket")
+		refuse(w, http.StatusUpgradeRequired, "chat endpoint: connect with a WebSocket client")
+		return
+	case s.isClosing():
+		refuse(w, http.StatusServiceUnavailable, "server is shutting down")
+		return
+	case !originAllowed(r, s.cfg.origins):
+		refuse(w, http.StatusForbidden, "origin not allowed")
+		return
+	}
+	username, err := s.cfg.auth(r)
+	if err != nil {
+		refuseErr(w, err, http.StatusUnauthorized)
+		return
+	}
+	if username, err = checkUsername(username); err != nil {
+		refuse(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	roomName, err := s.cfg.resolveRoom(r)
+	if err == nil {
+		err = checkRoom(roomName)
+	}
+	if err != nil {
+		refuseErr(w, err, http.StatusBadRequest)
+		return
+	}
+	resume, since, epoch, err := resumePoint(r.URL.Query())
+	if err != nil {
+		refuse(w, http.StatusBadRequest, err.Error())
+		return
+	}
+
+	rm, err := s.acquire(roomName)
+	if err != nil {
+		refuse(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	defer s.release(rm)
+	sess := newSession(s, rm, username)
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		InsecureSkipVerify: true, // originAllowed checked it
+		OnPongReceived:     func(context.Context, []byte) { sess.touch() },
+	})
+	if err != nil {
+		return // Accept has answered the request
+	}
+	conn.SetReadLimit(s.readLimit)
+	sess.conn = conn
+	sess.run(resume, since, epoch)
+}
+
+// track adds a session to, or removes it from, the set that a Shutdown
+// whose context ends closes at once.
+func (s *Server) track(sess *session, live bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if live {
+		s.live[sess] = struct{}{}
+	} else {
+		delete(s.live, sess)
+	}
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// acquire returns the named room, creating it if needed, and holds it in
+// memory until the matching release.
+func (s *Server) acquire(name string) (*room, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return nil, errors.New("server is shutting down")
+	}
+	r := s.rooms[name]
+	if r == nil {
+		if len(s.rooms) >= s.cfg.maxRooms && !s.evictLocked() {
+			return nil, errTooManyRooms
+		}
+		r = newRoom(name, &s.cfg)
+		s.rooms[name] = r
+	}
+	r.refs++
+	if r.expiry != nil {
+		r.expiry.Stop()
+		r.expiry = nil
+	}
+	s.sessions.Add(1)
+	return r, nil
+}
+
+// release lets go of a room taken with acquire. A room nobody uses is
+// freed at once if it keeps no history, else after the room TTL.
+func (s *Server) release(r *room) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer s.sessions.Done()
+	r.refs--
+	if r.refs > 0 {
+		return
+	}
+	if s.closing || s.cfg.roomTTL == 0 || r.historyLen() == 0 {
+		delete(s.rooms, r.name)
+		return
+	}
+	r.emptySince = time.Now()
+	r.expiry = time.AfterFunc(s.cfg.roomTTL, func() { s.expire(r) })
+}
+
+func (s *Server) expire(r *room) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// The timer may have fired just as the room was taken again.
+	if s.rooms[r.name] == r && r.refs == 0 && time.Since(r.emptySince) >= s.cfg.roomTTL {
+		delete(s.rooms, r.name)
+	}
+}
+
+// evictLocked frees the room that has been empty longest, if any room is
+// empty, so that abandoned rooms never lock users out.
+func (s *Server) evictLocked() bool {
+	var victim *room
+	for _, r := range s.rooms {
+		if r.refs == 0 && (victim == nil || r.emptySince.Before(victim.emptySince)) {
+			victim = r
+		}
+	}
+	if victim == nil {
+		return false
+	}
+	victim.expiry.Stop()
+	delete(s.rooms, victim.name)
+	return true
+}
+
+func (s *Server) room(name string) *room {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rooms[name]
+}
+
+// Broadcast stores a message from the server in room and delivers it to
+// every member, like a message from a client but without the rate limit
+// and the WithOnMessage hook. Its username is the WithSystemName value
+// (default ""). A room that does not exist yet is created, so the message
+// waits in its history for the first visitors. It returns the stored
+// message, or an error for an invalid room name, an empty or too long
+// text, a full room cap, or ErrServerClosed after Shutdown has begun.
+func (s *Server) Broadcast(room, text string) (Message, error) {
+	if err := checkRoom(room); err != nil {
+		return Message{}, fmt.Errorf("chatkit: %w", err)
+	}
+	if strings.TrimSpace(text) == "" {
+		return Message{}, errors.New("chatkit: message is empty")
+	}
+	if !utf8.ValidString(text) || utf8.RuneCountInString(text) > s.cfg.maxMessageLen {
+		return Message{}, fmt.Errorf("chatkit: message is not valid UTF-8 of at most %d characters", s.cfg.maxMessageLen)
+	}
+	r, err := s.acquire(room)
+	if err != nil {
+		if errors.Is(err, errTooManyRooms) {
+			return Message{}, fmt.Errorf("chatkit: %w", err)
+		}
+		return Message{}, ErrServerClosed
+	}
+	defer s.release(r)
+	m, _ := r.publish(Message{Room: room, Username: s.cfg.systemName, Text: text, Time: time.Now()})
+	return m, nil
+}
+
+// ActiveUsers returns the users present in room, sorted, or nil if the
+// room has nobody in it.
+func (s *Server) ActiveUsers(room string) []string {
+	r := s.room(room)
+	if r == nil {
+		return nil
+	}
+	users := r.users()
+	if len(users) == 0 {
+		return nil
+	}
+	return users
+}
+
+// Rooms returns the names of the rooms held in memory, sorted: those with
+// members and the empty ones still keeping their history.
+func (s *Server) Rooms() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	names := make([]string, 0, len(s.rooms))
+	for name := range s.rooms {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Disconnect ends every session of username in room, with close code 1001
+// and reason "disconnected", and announces the user's leave. It returns how
+// many sessions it ended. Clients may reconnect: to keep a user out, refuse
+// them in WithAuth.
+func (s *Server) Disconnect(room, username string) int {
+	r := s.room(room)
+	if r == nil {
+		return 0
+	}
+	return r.disconnect(username)
+}
+
+// Shutdown stops the Server gracefully: new handshakes get HTTP 503, and
+// every session is closed with code 1001 "server shutting down" after what
+// is already queued for it has been written; no user_left is sent for
+// these closes. Shutdown returns when every session has ended, or, when ctx
+// ends first, closes the remaining connections without a close handshake
+// and returns ctx.Err() at once; call Shutdown again to wait for their
+// goroutines to finish. A Server cannot be restarted.
+//
+// http.Server.Shutdown does not wait for WebSocket connections, which are
+// hijacked; call both, for example with
+// httpServer.RegisterOnShutdown(func() { chat.Shutdown(ctx) }) or by
+// calling chat.Shutdown before httpServer.Shutdown.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	rooms := make([]*room, 0, len(s.rooms))
+	for _, r := range s.rooms {
+		rooms = append(rooms, r)
+		if r.expiry != nil {
+			r.expiry.Stop()
+		}
+	}
+	s.mu.Unlock()
+	for _, r := range rooms {
+		r.shutdown()
+	}
+	done := make(chan struct{})
+	go func() {
+		s.sessions.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		for sess := range s.live {
+			sess.cancel()
+		}
+		s.mu.Unlock()
+		return ctx.Err()
+	}
+}
+
+func randomID() string { return rand.Text()[:16] }
+
+//go:embed client.js
+var clientJS []byte
+
+// ClientJS returns a handler that serves the browser client library,
+// client.js, as JavaScript. It answers conditional requests with 304 via
+// an ETag, and lets browsers cache the file for an hour.
+func ClientJS() http.Handler {
+	sum := sha256.Sum256(clientJS)
+	etag := fmt.Sprintf(`"%x"`, sum[:8])
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		h := w.Header()
+		h.Set("Content-Type", "text/javascript; charset=utf-8")
+		h.Set("Cache-Control", "public, max-age=3600")
+		h.Set("ETag", etag)
+		h.Set("X-Content-Type-Options", "nosniff")
+		http.ServeContent(w, r, "client.js", time.Time{}, bytes.NewReader(clientJS))
+	})
+}

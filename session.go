@@ -1,0 +1,287 @@
+package chatkit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+)
+
+// A session is one WebSocket connection of one user in one room. It owns
+// the connection: exactly one reader (the ServeHTTP goroutine) and one
+// writer goroutine, which drains the bounded queue that the room fills.
+type session struct {
+	id       string
+	username string
+	room     *room
+	srv      *Server
+	conn     *websocket.Conn
+	cancel   context.CancelFunc // ends the session's context, closing the connection
+	index    int                // position in room.members, -1 when not a member; guarded by room.mu
+
+	lastSeen atomic.Int64 // unix nanoseconds of the last frame or pong
+	pinging  atomic.Bool
+
+	// Read-side state, owned by the reader goroutine.
+	limiter limiter
+
+	mu      sync.Mutex
+	queue   [][]byte
+	closing bool // no more frames are queued; the writer closes the connection
+	drain   bool // write what is queued before closing
+	code    websocket.StatusCode
+	reason  string
+	wake    chan struct{} // capacity 1: "the queue or closing changed"
+}
+
+func newSession(srv *Server, r *room, username string) *session {
+	s := &session{
+		id:       randomID(),
+		username: username,
+		room:     r,
+		srv:      srv,
+		index:    -1,
+		limiter:  newLimiter(srv.cfg.rate, srv.cfg.burst),
+		wake:     make(chan struct{}, 1),
+	}
+	s.touch()
+	return s
+}
+
+func (s *session) touch() { s.lastSeen.Store(time.Now().UnixNano()) }
+
+// enqueue queues one frame for writing. It never blocks: it returns false
+// when the queue is full, and the caller then drops the session. Frames
+// for a closing session are discarded.
+func (s *session) enqueue(frame []byte) bool {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return true
+	}
+	if len(s.queue) >= s.srv.cfg.sendQueue {
+		s.mu.Unlock()
+		return false
+	}
+	s.queue = append(s.queue, frame)
+	s.mu.Unlock()
+	s.signal()
+	return true
+}
+
+func (s *session) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// close makes the writer close the connection with code and reason, after
+// writing what is queued if drain is set. Only the first call counts. A
+// zero code closes without a close frame, for a connection that is gone.
+func (s *session) close(code websocket.StatusCode, reason string, drain bool) {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return
+	}
+	s.closing, s.code, s.reason, s.drain = true, code, reason, drain
+	if !drain {
+		s.queue = nil
+	}
+	s.mu.Unlock()
+	s.signal()
+}
+
+// take hands the writer everything queued, and whether it should close the
+// connection after writing it.
+func (s *session) take() (frames [][]byte, closing bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	frames, s.queue = s.queue, nil
+	return frames, s.closing
+}
+
+// run serves the session after the WebSocket handshake until it ends.
+func (s *session) run(resume bool, since int64, epoch string) {
+	// Canceling ctx closes the connection even in the middle of a close
+	// handshake, which Conn.CloseNow does not: Shutdown relies on it.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s.cancel = cancel
+	s.srv.track(s, true)
+	defer s.srv.track(s, false)
+
+	r := s.room
+	if err := r.join(s, resume, since, epoch); err != nil {
+		if errors.Is(err, errUsernameTaken) {
+			s.conn.Close(statusPolicy, closeUsernameTaken)
+		} else {
+			s.conn.Close(statusGoingAway, closeShutdown)
+		}
+		return
+	}
+	s.srv.cfg.logger.Debug("chatkit: session started", "room", r.name, "username", s.username, "session", s.id)
+
+	var wg sync.WaitGroup
+	wg.Go(func() { s.writeLoop(ctx, &wg) })
+	code, reason := s.readLoop(ctx)
+	r.leave(s)
+	s.close(code, reason, false)
+	wg.Wait()
+	s.conn.CloseNow()
+	s.srv.cfg.logger.Debug("chatkit: session ended", "room", r.name, "username", s.username, "session", s.id, "reason", s.reason)
+}
+
+// readLoop reads and handles frames until the connection fails or the
+// client breaks the protocol; it returns the close code and reason to send
+// (zero when the connection is already gone).
+func (s *session) readLoop(ctx context.Context) (websocket.StatusCode, string) {
+	for {
+		typ, data, err := s.conn.Read(ctx)
+		if err != nil {
+			return 0, ""
+		}
+		s.touch()
+		if typ != websocket.MessageText {
+			return statusUnsupported, closeBinary
+		}
+		if !utf8.Valid(data) {
+			return statusInvalidData, closeInvalidUTF8
+		}
+		s.handle(ctx, data)
+	}
+}
+
+func (s *session) handle(ctx context.Context, data []byte) {
+	cmd, err := decodeFrame(data)
+	if err != nil {
+		s.sendError(codeBadRequest, "invalid command: a field has the wrong type", cmd.ClientMsgID)
+		return
+	}
+	switch cmd.Type {
+	case typeChat:
+		s.chat(ctx, cmd)
+	case typeTyping:
+		if s.limiter.allowTyping(time.Now()) {
+			s.room.typing(s)
+		}
+	default:
+		s.sendError(codeBadRequest, fmt.Sprintf("unknown command type %q", truncate(cmd.Type, 32)), "")
+	}
+}
+
+func (s *session) chat(ctx context.Context, cmd command) {
+	cfg := &s.srv.cfg
+	id := cmd.ClientMsgID
+	if utf8.RuneCountInString(id) > maxClientMsgID {
+		s.sendError(codeBadRequest, fmt.Sprintf("client_msg_id exceeds %d characters", maxClientMsgID), "")
+		return
+	}
+	if strings.TrimSpace(cmd.Text) == "" {
+		s.sendError(codeEmpty, "message is empty", id)
+		return
+	}
+	if utf8.RuneCountInString(cmd.Text) > cfg.maxMessageLen {
+		s.sendError(codeTooLong, fmt.Sprintf("message exceeds %d characters", cfg.maxMessageLen), id)
+		return
+	}
+	now := time.Now()
+	if ok, wait := s.limiter.allowMessage(now); !ok {
+		ms := (wait + time.Millisecond - 1).Milliseconds()
+		s.enqueueOrDrop(encode(errorEvent{Type: typeError, Code: codeRateLimited,
+			Error: fmt.Sprintf("rate limit exceeded; retry in %d ms", ms), ClientMsgID: id, RetryAfterMS: ms}))
+		return
+	}
+	m := &Message{Room: s.room.name, Username: s.username, Text: cmd.Text, ClientMsgID: id, Time: now}
+	if hook := cfg.onMessage; hook != nil {
+		if err := hook(ctx, m); err != nil {
+			s.sendError(codeRejected, truncate(err.Error(), 200), id)
+			return
+		}
+	}
+	stored, _ := s.room.publish(*m)
+	if !cmd.raw {
+		s.enqueueOrDrop(encode(ackEvent{Type: typeAck, ClientMsgID: id, ID: stored.ID}))
+	}
+}
+
+func (s *session) sendError(code, text, clientMsgID string) {
+	s.enqueueOrDrop(encode(errorEvent{Type: typeError, Code: code, Error: text, ClientMsgID: clientMsgID}))
+}
+
+// enqueueOrDrop queues a frame for this session alone, dropping the session
+// as too slow when its queue is full.
+func (s *session) enqueueOrDrop(frame []byte) {
+	if !s.enqueue(frame) {
+		s.room.drop(s, closeTooSlow)
+	}
+}
+
+// writeLoop writes queued frames, pings the client and watches it for
+// idleness, until the session closes.
+func (s *session) writeLoop(ctx context.Context, wg *sync.WaitGroup) {
+	cfg := &s.srv.cfg
+	ticker := time.NewTicker(cfg.pingInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-s.wake:
+		case <-ticker.C:
+			if time.Since(time.Unix(0, s.lastSeen.Load())) >= cfg.idleTimeout {
+				s.room.drop(s, closeIdle)
+			} else if s.pinging.CompareAndSwap(false, true) {
+				wg.Go(func() { s.ping(ctx) })
+			}
+		}
+		frames, closing := s.take()
+		for _, f := range frames {
+			wctx, cancel := context.WithTimeout(ctx, cfg.writeTimeout)
+			err := s.conn.Write(wctx, websocket.MessageText, f)
+			cancel()
+			if err != nil {
+				// A write that timed out has already closed the
+				// connection; any other error means it is gone.
+				s.room.drop(s, closeTooSlow)
+				s.conn.CloseNow()
+				return
+			}
+		}
+		if closing {
+			s.mu.Lock()
+			code, reason := s.code, s.reason
+			s.mu.Unlock()
+			if code == 0 {
+				s.conn.CloseNow()
+			} else {
+				s.conn.Close(code, reason)
+			}
+			return
+		}
+	}
+}
+
+// ping sends one ping; the pong, like any frame, counts as a sign of life
+// (through AcceptOptions.OnPongReceived). It waits for the pong at most one
+// idle timeout so that it never outlives the session by long.
+func (s *session) ping(ctx context.Context) {
+	defer s.pinging.Store(false)
+	ctx, cancel := context.WithTimeout(ctx, s.srv.cfg.idleTimeout)
+	defer cancel()
+	s.conn.Ping(ctx)
+}
+
+// truncate shortens s to at most n characters, for error texts that may
+// contain client data.
+func truncate(s string, n int) string {
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	return string([]rune(s)[:n]) + "…"
+}
