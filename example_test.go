@@ -115,6 +115,16 @@ func ExampleServer_Broadcast() {
 	// [general]
 }
 
+// List the rooms held in memory: those with members and the empty ones
+// still keeping history.
+func ExampleServer_Rooms() {
+	chat := chatkit.New()
+	chat.Broadcast("support", "opening hours: 9-17")
+	chat.Broadcast("general", "welcome")
+	fmt.Println(chat.Rooms())
+	// Output: [general support]
+}
+
 // Ask who is present.
 func ExampleServer_ActiveUsers() {
 	chat := chatkit.New()

@@ -127,16 +127,26 @@ func (s *session) run(resume bool, since int64, epoch string) {
 		}
 		return
 	}
-	s.srv.cfg.logger.Debug("chatkit: session started", "room", r.name, "username", s.username, "session", s.id)
+	logger := s.srv.cfg.logger
+	logger.Debug("chatkit: session started", "room", r.name, "username", s.username, "session", s.id)
 
 	var wg sync.WaitGroup
+	var code websocket.StatusCode
+	var reason string
+	// Deferred so that a panicking WithOnMessage hook, which net/http
+	// recovers from, still takes the session out of its room.
+	defer func() {
+		r.leave(s)
+		s.close(code, reason, false)
+		wg.Wait()
+		s.conn.CloseNow()
+		s.mu.Lock()
+		reason := s.reason
+		s.mu.Unlock()
+		logger.Debug("chatkit: session ended", "room", r.name, "username", s.username, "session", s.id, "reason", reason)
+	}()
 	wg.Go(func() { s.writeLoop(ctx, &wg) })
-	code, reason := s.readLoop(ctx)
-	r.leave(s)
-	s.close(code, reason, false)
-	wg.Wait()
-	s.conn.CloseNow()
-	s.srv.cfg.logger.Debug("chatkit: session ended", "room", r.name, "username", s.username, "session", s.id, "reason", s.reason)
+	code, reason = s.readLoop(ctx)
 }
 
 // readLoop reads and handles frames until the connection fails or the
@@ -257,6 +267,9 @@ func (s *session) writeLoop(ctx context.Context, wg *sync.WaitGroup) {
 			s.mu.Lock()
 			code, reason := s.code, s.reason
 			s.mu.Unlock()
+			if reason == closeTooSlow || reason == closeIdle {
+				s.srv.cfg.logger.Info("chatkit: dropped client", "reason", reason, "room", s.room.name, "username", s.username, "session", s.id)
+			}
 			if code == 0 {
 				s.conn.CloseNow()
 			} else {
