@@ -45,11 +45,14 @@ type Server struct {
 	cfg       config
 	readLimit int64
 
-	mu       sync.Mutex
-	rooms    map[string]*room
-	live     map[*session]struct{} // every session past the handshake
-	closing  bool
-	sessions sync.WaitGroup // sessions and Broadcast calls in progress
+	mu        sync.Mutex
+	rooms     map[string]*room
+	live      map[*session]struct{} // every session past the handshake
+	sweepStop chan struct{}         // stops the sweeper; nil when it does not run
+	closing   bool
+	sessions  sync.WaitGroup // sessions and Broadcast calls in progress
+
+	batchBuffers sync.Pool // *[]byte for joining a batch of events into one frame
 }
 
 // New returns a Server configured by opts. It panics if an option has an
@@ -70,8 +73,18 @@ func New(opts ...Option) *Server {
 		readLimit: int64(12*cfg.maxMessageLen + 12*maxClientMsgID + 1024),
 		rooms:     make(map[string]*room),
 		live:      make(map[*session]struct{}),
+		batchBuffers: sync.Pool{New: func() any {
+			b := make([]byte, 0, 4096)
+			return &b
+		}},
 	}
 }
+
+// Subprotocol is the WebSocket subprotocol with which a client asks for
+// batched delivery: when several events are waiting for it, the server
+// sends them in one text frame, separated by newlines (JSON events never
+// contain a raw newline). Clients that do not ask get one event per frame.
+const Subprotocol = "chatkit.v1"
 
 func (c *config) limits() limits {
 	l := limits{
@@ -147,6 +160,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer s.release(rm)
 	sess := newSession(s, rm, username)
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		Subprotocols:       []string{Subprotocol},
 		InsecureSkipVerify: true, // originAllowed checked it
 		OnPongReceived:     func(context.Context, []byte) { sess.touch() },
 	})
@@ -155,18 +169,53 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	conn.SetReadLimit(s.readLimit)
 	sess.conn = conn
+	sess.batch = conn.Subprotocol() == Subprotocol
 	sess.run(resume, since, epoch)
 }
 
-// track adds a session to, or removes it from, the set that a Shutdown
-// whose context ends closes at once.
+// track adds a session to, or removes it from, the live set, which the
+// sweeper watches and a Shutdown whose context ends cuts. The sweeper runs
+// only while there are live sessions.
 func (s *Server) track(sess *session, live bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if live {
 		s.live[sess] = struct{}{}
-	} else {
-		delete(s.live, sess)
+		if s.sweepStop == nil {
+			s.sweepStop = make(chan struct{})
+			go s.sweep(s.sweepStop)
+		}
+		return
+	}
+	delete(s.live, sess)
+	if len(s.live) == 0 && s.sweepStop != nil {
+		close(s.sweepStop)
+		s.sweepStop = nil
+	}
+}
+
+// sweep pings every live session each ping interval and drops the idle
+// ones: one timer for the whole Server instead of one per session.
+func (s *Server) sweep(stop <-chan struct{}) {
+	ticker := time.NewTicker(s.cfg.pingInterval)
+	defer ticker.Stop()
+	var batch []*session
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-ticker.C:
+			s.mu.Lock()
+			for sess := range s.live {
+				batch = append(batch, sess)
+			}
+			s.mu.Unlock()
+			for _, sess := range batch {
+				sess.checkLiveness(now)
+			}
+			clear(batch)
+			batch = batch[:0]
+		}
 	}
 }
 

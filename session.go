@@ -14,15 +14,20 @@ import (
 )
 
 // A session is one WebSocket connection of one user in one room. It owns
-// the connection: exactly one reader (the ServeHTTP goroutine) and one
-// writer goroutine, which drains the bounded queue that the room fills.
+// the connection: exactly one reader (the ServeHTTP goroutine) and at most
+// one writer goroutine, which drains the bounded queue that the room fills.
+// The writer runs only while there is something to write, so an idle
+// session costs no goroutine besides its reader, and no timer: the
+// Server's sweeper pings it.
 type session struct {
 	id       string
 	username string
 	room     *room
 	srv      *Server
 	conn     *websocket.Conn
-	cancel   context.CancelFunc // ends the session's context, closing the connection
+	batch    bool               // the client negotiated chatkit.v1: several events per frame
+	ctx      context.Context    // ends when the session does
+	cancel   context.CancelFunc // closes the connection, even mid close handshake
 	index    int                // position in room.members, -1 when not a member; guarded by room.mu
 
 	lastSeen atomic.Int64 // unix nanoseconds of the last frame or pong
@@ -33,11 +38,13 @@ type session struct {
 
 	mu      sync.Mutex
 	queue   [][]byte
-	closing bool // no more frames are queued; the writer closes the connection
-	drain   bool // write what is queued before closing
+	spare   [][]byte // the writer's previous batch, reused for the next queue
+	writing bool     // a writer goroutine is running
+	closing bool     // no more frames are queued; the writer closes the connection
+	drain   bool     // write what is queued before closing
 	code    websocket.StatusCode
 	reason  string
-	wake    chan struct{} // capacity 1: "the queue or closing changed"
+	workers sync.WaitGroup // the writer and ping goroutines; started only before closing
 }
 
 func newSession(srv *Server, r *room, username string) *session {
@@ -48,8 +55,8 @@ func newSession(srv *Server, r *room, username string) *session {
 		srv:      srv,
 		index:    -1,
 		limiter:  newLimiter(srv.cfg.rate, srv.cfg.burst),
-		wake:     make(chan struct{}, 1),
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.touch()
 	return s
 }
@@ -70,15 +77,18 @@ func (s *session) enqueue(frame []byte) bool {
 		return false
 	}
 	s.queue = append(s.queue, frame)
+	s.startWriterLocked()
 	s.mu.Unlock()
-	s.signal()
 	return true
 }
 
-func (s *session) signal() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
+// startWriterLocked starts the writer unless it runs. Workers are only
+// started before closing is set, so that run's final Wait never races
+// with an Add.
+func (s *session) startWriterLocked() {
+	if !s.writing {
+		s.writing = true
+		s.workers.Go(s.writeLoop)
 	}
 }
 
@@ -87,34 +97,20 @@ func (s *session) signal() {
 // zero code closes without a close frame, for a connection that is gone.
 func (s *session) close(code websocket.StatusCode, reason string, drain bool) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.closing {
-		s.mu.Unlock()
 		return
 	}
+	s.startWriterLocked()
 	s.closing, s.code, s.reason, s.drain = true, code, reason, drain
 	if !drain {
 		s.queue = nil
 	}
-	s.mu.Unlock()
-	s.signal()
-}
-
-// take hands the writer everything queued, and whether it should close the
-// connection after writing it.
-func (s *session) take() (frames [][]byte, closing bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	frames, s.queue = s.queue, nil
-	return frames, s.closing
 }
 
 // run serves the session after the WebSocket handshake until it ends.
 func (s *session) run(resume bool, since int64, epoch string) {
-	// Canceling ctx closes the connection even in the middle of a close
-	// handshake, which Conn.CloseNow does not: Shutdown relies on it.
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	s.cancel = cancel
+	defer s.cancel()
 	s.srv.track(s, true)
 	defer s.srv.track(s, false)
 
@@ -130,7 +126,6 @@ func (s *session) run(resume bool, since int64, epoch string) {
 	logger := s.srv.cfg.logger
 	logger.Debug("chatkit: session started", "room", r.name, "username", s.username, "session", s.id)
 
-	var wg sync.WaitGroup
 	var code websocket.StatusCode
 	var reason string
 	// Deferred so that a panicking WithOnMessage hook, which net/http
@@ -138,15 +133,14 @@ func (s *session) run(resume bool, since int64, epoch string) {
 	defer func() {
 		r.leave(s)
 		s.close(code, reason, false)
-		wg.Wait()
+		s.workers.Wait()
 		s.conn.CloseNow()
 		s.mu.Lock()
 		reason := s.reason
 		s.mu.Unlock()
 		logger.Debug("chatkit: session ended", "room", r.name, "username", s.username, "session", s.id, "reason", reason)
 	}()
-	wg.Go(func() { s.writeLoop(ctx, &wg) })
-	code, reason = s.readLoop(ctx)
+	code, reason = s.readLoop(s.ctx)
 }
 
 // readLoop reads and handles frames until the connection fails or the
@@ -234,58 +228,115 @@ func (s *session) enqueueOrDrop(frame []byte) {
 	}
 }
 
-// writeLoop writes queued frames, pings the client and watches it for
-// idleness, until the session closes.
-func (s *session) writeLoop(ctx context.Context, wg *sync.WaitGroup) {
-	cfg := &s.srv.cfg
-	ticker := time.NewTicker(cfg.pingInterval)
-	defer ticker.Stop()
+// writeLoop writes what is queued until the queue is empty, then exits;
+// enqueue starts it again. When the session is closing it closes the
+// connection instead of exiting.
+func (s *session) writeLoop() {
 	for {
-		select {
-		case <-s.wake:
-		case <-ticker.C:
-			if time.Since(time.Unix(0, s.lastSeen.Load())) >= cfg.idleTimeout {
-				s.room.drop(s, closeIdle)
-			} else if s.pinging.CompareAndSwap(false, true) {
-				wg.Go(func() { s.ping(ctx) })
-			}
-		}
-		frames, closing := s.take()
-		for _, f := range frames {
-			wctx, cancel := context.WithTimeout(ctx, cfg.writeTimeout)
-			err := s.conn.Write(wctx, websocket.MessageText, f)
-			cancel()
-			if err != nil {
-				// A write that timed out has already closed the
-				// connection; any other error means it is gone.
-				s.room.drop(s, closeTooSlow)
-				s.conn.CloseNow()
-				return
-			}
-		}
-		if closing {
-			s.mu.Lock()
-			code, reason := s.code, s.reason
+		s.mu.Lock()
+		frames := s.queue
+		s.queue = s.spare[:0]
+		s.spare = nil
+		closing := s.closing
+		if len(frames) == 0 && !closing {
+			s.writing = false
 			s.mu.Unlock()
-			if reason == closeTooSlow || reason == closeIdle {
-				s.srv.cfg.logger.Info("chatkit: dropped client", "reason", reason, "room", s.room.name, "username", s.username, "session", s.id)
-			}
-			if code == 0 {
-				s.conn.CloseNow()
-			} else {
-				s.conn.Close(code, reason)
-			}
+			return
+		}
+		s.mu.Unlock()
+
+		if err := s.write(frames); err != nil {
+			// A write that timed out has already closed the
+			// connection; any other error means it is gone.
+			s.room.drop(s, closeTooSlow)
+			s.conn.CloseNow()
+			return
+		}
+		clear(frames)
+		s.mu.Lock()
+		s.spare = frames[:0]
+		s.mu.Unlock()
+
+		if closing {
+			s.closeConn()
 			return
 		}
 	}
 }
 
-// ping sends one ping; the pong, like any frame, counts as a sign of life
-// (through AcceptOptions.OnPongReceived). It waits for the pong at most one
-// idle timeout so that it never outlives the session by long.
-func (s *session) ping(ctx context.Context) {
+// maxBatch bounds the frames that batching builds, so that one frame never
+// holds a whole backlog.
+const maxBatch = 64 << 10
+
+// write writes frames within one write timeout. A client that negotiated
+// chatkit.v1 gets them joined by newlines into as few WebSocket frames as
+// maxBatch allows; others get one frame per event.
+func (s *session) write(frames [][]byte) error {
+	if len(frames) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.srv.cfg.writeTimeout)
+	defer cancel()
+	if !s.batch || len(frames) == 1 {
+		for _, f := range frames {
+			if err := s.conn.Write(ctx, websocket.MessageText, f); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	buf := s.srv.batchBuffers.Get().(*[]byte)
+	defer s.srv.batchBuffers.Put(buf)
+	for len(frames) > 0 {
+		b := append((*buf)[:0], frames[0]...)
+		frames = frames[1:]
+		for len(frames) > 0 && len(b)+1+len(frames[0]) <= maxBatch {
+			b = append(append(b, '\n'), frames[0]...)
+			frames = frames[1:]
+		}
+		*buf = b
+		if err := s.conn.Write(ctx, websocket.MessageText, b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *session) closeConn() {
+	s.mu.Lock()
+	code, reason := s.code, s.reason
+	s.mu.Unlock()
+	if reason == closeTooSlow || reason == closeIdle {
+		s.srv.cfg.logger.Info("chatkit: dropped client", "reason", reason, "room", s.room.name, "username", s.username, "session", s.id)
+	}
+	if code == 0 {
+		s.conn.CloseNow()
+	} else {
+		s.conn.Close(code, reason)
+	}
+}
+
+// checkLiveness is called by the Server's sweeper every ping interval. It
+// drops a session silent for the idle timeout and pings the others; the
+// pong, like any frame, counts as a sign of life (through
+// AcceptOptions.OnPongReceived).
+func (s *session) checkLiveness(now time.Time) {
+	if now.Sub(time.Unix(0, s.lastSeen.Load())) >= s.srv.cfg.idleTimeout {
+		s.room.drop(s, closeIdle)
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closing && s.pinging.CompareAndSwap(false, true) {
+		s.workers.Go(s.ping)
+	}
+}
+
+// ping sends one ping and waits for its pong at most one idle timeout, so
+// that it never outlives the session by long.
+func (s *session) ping() {
 	defer s.pinging.Store(false)
-	ctx, cancel := context.WithTimeout(ctx, s.srv.cfg.idleTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx, s.srv.cfg.idleTimeout)
 	defer cancel()
 	s.conn.Ping(ctx)
 }

@@ -1,0 +1,127 @@
+package chatkit
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/coder/websocket"
+)
+
+// serverConn returns the server side of a fresh WebSocket connection and
+// the client side, dialed with the given subprotocols.
+func serverConn(t *testing.T, subprotocols ...string) (srv, cli *websocket.Conn) {
+	t.Helper()
+	conns := make(chan *websocket.Conn, 1)
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: []string{Subprotocol}})
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		conns <- c
+	}))
+	t.Cleanup(ts.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	cli, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(ts.URL, "http"), &websocket.DialOptions{Subprotocols: subprotocols})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli.SetReadLimit(-1)
+	t.Cleanup(func() { cli.CloseNow() })
+	srv = <-conns
+	t.Cleanup(func() { srv.CloseNow() })
+	return srv, cli
+}
+
+func TestBatchingOnlyForClientsThatAskForIt(t *testing.T) {
+	events := [][]byte{[]byte(`{"type":"a"}`), []byte(`{"type":"b"}`), []byte(`{"type":"c"}`)}
+	tests := []struct {
+		name         string
+		subprotocols []string
+		frames       []string
+	}{
+		{"seed-style client: one event per frame", nil, []string{`{"type":"a"}`, `{"type":"b"}`, `{"type":"c"}`}},
+		{"chatkit.v1 client: one frame, newline-separated", []string{Subprotocol}, []string{"{\"type\":\"a\"}\n{\"type\":\"b\"}\n{\"type\":\"c\"}"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srvConn, cli := serverConn(t, tt.subprotocols...)
+			s := newSession(New(), nil, "a")
+			defer s.cancel()
+			s.conn = srvConn
+			s.batch = srvConn.Subprotocol() == Subprotocol
+			if err := s.write(events); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+			defer cancel()
+			for i, want := range tt.frames {
+				_, got, err := cli.Read(ctx)
+				if err != nil || string(got) != want {
+					t.Fatalf("frame %d = %q, %v; want %q", i, got, err, want)
+				}
+			}
+		})
+	}
+}
+
+func TestBatchesAreBounded(t *testing.T) {
+	srvConn, cli := serverConn(t, Subprotocol)
+	s := newSession(New(), nil, "a")
+	defer s.cancel()
+	s.conn, s.batch = srvConn, true
+	big := []byte(`"` + strings.Repeat("x", 40<<10) + `"`)
+	go s.write([][]byte{big, big, big})
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	for i := range 3 {
+		_, got, err := cli.Read(ctx)
+		if err != nil || len(got) != len(big) {
+			t.Fatalf("frame %d: %d bytes, %v; want one %d-byte event per frame", i, len(got), err, len(big))
+		}
+	}
+}
+
+// BenchmarkBroadcast measures the broadcast path: storing a message,
+// encoding it once and queueing it for every member. The queues are
+// drained in the loop as the writers would; the writers' socket writes are
+// not measured here (cmd/chatbench measures end to end).
+func BenchmarkBroadcast(b *testing.B) {
+	for _, members := range []int{100, 1000, 5000} {
+		b.Run(fmt.Sprint(members, "members"), func(b *testing.B) {
+			srv := New(WithLogger(nil), WithHistorySize(100))
+			r := newRoom("bench", &srv.cfg)
+			for i := range members {
+				s := newSession(srv, r, fmt.Sprint("u", i))
+				defer s.cancel()
+				s.writing = true // no writer goroutine: the loop drains the queues
+				s.index = len(r.members)
+				r.members = append(r.members, s)
+				r.presence.add(s.username)
+			}
+			m := Message{Room: "bench", Username: "u0", Text: strings.Repeat("x", 100)}
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			b.ResetTimer()
+			for b.Loop() {
+				r.publish(m)
+				for _, s := range r.members {
+					s.mu.Lock()
+					s.queue = s.queue[:0]
+					s.mu.Unlock()
+				}
+			}
+			b.StopTimer()
+			runtime.ReadMemStats(&after)
+			deliveries := float64(b.N) * float64(members)
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/deliveries, "ns/delivery")
+			b.ReportMetric(float64(after.Mallocs-before.Mallocs)/deliveries, "allocs/delivery")
+		})
+	}
+}
