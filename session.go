@@ -88,7 +88,8 @@ func (s *session) enqueue(frame []byte) bool {
 func (s *session) startWriterLocked() {
 	if !s.writing {
 		s.writing = true
-		s.workers.Go(s.writeLoop)
+		s.workers.Add(1)
+		go s.writeLoop() // not workers.Go: its closure would cost an allocation per start
 	}
 }
 
@@ -232,17 +233,25 @@ func (s *session) enqueueOrDrop(frame []byte) {
 // enqueue starts it again. When the session is closing it closes the
 // connection instead of exiting.
 func (s *session) writeLoop() {
+	defer s.workers.Done()
 	for {
 		s.mu.Lock()
 		frames := s.queue
-		s.queue = s.spare[:0]
-		s.spare = nil
 		closing := s.closing
 		if len(frames) == 0 && !closing {
+			// Keep a small queue for the next burst, so that starting
+			// again costs no allocation; let a big one go, so that an
+			// idle session stays small.
+			if cap(s.queue) > idleQueueCap {
+				s.queue = nil
+			}
+			s.spare = nil
 			s.writing = false
 			s.mu.Unlock()
 			return
 		}
+		s.queue = s.spare[:0]
+		s.spare = nil
 		s.mu.Unlock()
 
 		if err := s.write(frames); err != nil {
@@ -263,6 +272,9 @@ func (s *session) writeLoop() {
 		}
 	}
 }
+
+// idleQueueCap is the largest queue capacity a session keeps while idle.
+const idleQueueCap = 16
 
 // maxBatch bounds the frames that batching builds, so that one frame never
 // holds a whole backlog.
@@ -328,13 +340,15 @@ func (s *session) checkLiveness(now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.closing && s.pinging.CompareAndSwap(false, true) {
-		s.workers.Go(s.ping)
+		s.workers.Add(1)
+		go s.ping()
 	}
 }
 
 // ping sends one ping and waits for its pong at most one idle timeout, so
 // that it never outlives the session by long.
 func (s *session) ping() {
+	defer s.workers.Done()
 	defer s.pinging.Store(false)
 	ctx, cancel := context.WithTimeout(s.ctx, s.srv.cfg.idleTimeout)
 	defer cancel()
