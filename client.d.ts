@@ -124,7 +124,8 @@ export interface ConnectOptions {
   /** Give up (status "closed", error connect_failed) after this many consecutive attempts that got no welcome. Default Infinity. */
   maxRetries?: number;
   /** Injection points, for tests and non-browser hosts. */
-  WebSocket?: new (url: string) => WebSocketLike;
+  /** Called as new WebSocket(url, ["chatkit.v1"]): the client reads batched frames. */
+  WebSocket?: new (url: string, protocols?: string[]) => WebSocketLike;
   location?: { href: string };
   setTimeout?: (f: () => void, ms: number) => unknown;
   clearTimeout?: (t: unknown) => void;

@@ -1,21 +1,15 @@
-// chatkit browser client: one dependency-free ES module, no build step (types: client.d.ts).
-//   <script type="module">import { connect } from "/chatkit.js"; const chat = connect("/ws", {username, room});</script>
-// Loading it as a module (import, or <script type="module" src="/chatkit.js">) also sets
-// globalThis.ChatKit, which classic scripts can use from DOMContentLoaded on. A plain classic
-// <script src> cannot parse the `export` line; that line is the file's last, so a server can
-// serve a classic-script variant by cutting it.
-// A handshake refused with HTTP 4xx (auth, origin, bad name) reaches a browser only as close 1006
-// before open, the same as a network failure, so it is retried with backoff like one; username and
-// room are checked here first, and opts.maxRetries bounds consecutive attempts that never got welcome.
+// chatkit browser client: a dependency-free ES module, no build step; types in client.d.ts.
+//   import { connect } from "/chatkit.js"; const chat = connect("/ws", { username, room });
+// Loaded as a module it also sets globalThis.ChatKit, for classic scripts from DOMContentLoaded on;
+// a classic <script src> cannot parse `export`, the last line, which a server may cut for one.
+// A handshake refused with HTTP 4xx shows in a browser only as close 1006 before open, like a network
+// failure, so it is retried with backoff (opts.maxRetries bounds it); username and room are checked first.
 
 class ChatError extends Error {
   /** @param {string} code @param {string} message @param {string} [clientMsgId] @param {number} [retryAfterMs] */
   constructor(code, message, clientMsgId, retryAfterMs) {
     super(message);
-    this.name = "ChatError";
-    this.code = code;
-    this.clientMsgId = clientMsgId;
-    this.retryAfterMs = retryAfterMs;
+    Object.assign(this, { name: "ChatError", code, clientMsgId, retryAfterMs });
   }
 }
 
@@ -25,9 +19,8 @@ function backoff(n, random = Math.random, base = 500, cap = 30000) {
   return Math.floor(random() * Math.min(cap, base * 2 ** Math.min(n, 30)));
 }
 
-/** Absolute ws:/wss: URL for path (relative to loc, scheme following http:/https:) with params set
- * (null/undefined values skipped). @param {string} path @param {{href: string}} [loc]
- * @param {Record<string, any>} [params] */
+/** ws:/wss: URL of path relative to loc (http: gives ws:, https: wss:), with params (null skipped).
+ * @param {string} path @param {{href: string}} [loc] @param {Record<string, any>} [params] */
 function buildURL(path, loc, params = {}) {
   const u = new URL(path, loc?.href);
   u.protocol = u.protocol.replace(/^http/, "ws");
@@ -55,10 +48,11 @@ function connect(path, opts = {}) {
   };
   const status = (s, d) => { state = s; emit("status", { state: s, ...d }); };
   const setUsers = (l) => { if (Array.isArray(l)) users = [...l]; emit("users", [...users]); };
-  const rate = () => (limits.rate > 0 ? limits.rate : 5) * 0.9; // per second, a margin under the server's
+  // messages per second, a margin under the server's; rate 0 is no limit
+  const rate = () => (limits.rate === 0 ? Infinity : (limits.rate || 5) * 0.9);
   const refill = () => {
-    const t = o.now();
-    tokens = Math.min(limits.burst || 10, tokens + ((t - tokenAt) * rate()) / 1000);
+    const t = o.now(), r = rate();
+    tokens = r === Infinity ? r : Math.min(limits.burst || 10, tokens + ((t - tokenAt) * r) / 1000);
     tokenAt = t;
   };
   const transmit = (p) => ws.send(JSON.stringify({ type: "chat_message", text: p.text, client_msg_id: p.cid }));
@@ -67,14 +61,17 @@ function connect(path, opts = {}) {
     timer = null;
     const p = typeof o.params === "function" ? o.params() : o.params;
     const q = Object.assign({}, p, name != null && { username: name }, room != null && { room }, seen && { since: lastId, epoch });
-    const s = (ws = new (o.WebSocket || globalThis.WebSocket)(buildURL(path, o.location ?? globalThis.location, q)));
+    const url = buildURL(path, o.location ?? globalThis.location, q);
+    const s = (ws = new (o.WebSocket || globalThis.WebSocket)(url, ["chatkit.v1"])); // batches: "\n"-separated
     let ok = false;
     s.onmessage = (e) => {
-      if (s !== ws) return;
-      let m;
-      try { m = JSON.parse(e.data); } catch { return; }
-      if (m.type === "welcome") ok = true;
-      handle(m);
+      for (const line of String(e.data).split("\n")) {
+        if (s !== ws) return;
+        let m;
+        try { m = JSON.parse(line); } catch { continue; }
+        if (m.type === "welcome") ok = true;
+        handle(m);
+      }
     };
     s.onclose = (e) => s === ws && dropped(e.code, e.reason, ok);
   }
@@ -82,8 +79,10 @@ function connect(path, opts = {}) {
   function handle(m) {
     switch (m.type) {
       case "welcome": {
-        const reset = seen && m.epoch !== epoch, since = lastId;
-        if (reset) lastId = 0;
+        const h = m.history || [], since = lastId, cut = seen && m.history_truncated;
+        // another epoch, or old ids only: the ids restarted
+        const reset = seen && (m.epoch !== epoch || (cut && h.length > 0 && h.at(-1).id <= since));
+        if (reset || cut) lastId = 0; // only newer ids follow a truncated history
         epoch = m.epoch;
         welcome = m;
         me = m.username ?? me;
@@ -94,9 +93,9 @@ function connect(path, opts = {}) {
         status("open");
         emit("welcome", m);
         setUsers(m.active_users);
-        if (reset || (seen && m.history_truncated)) emit("gap", { reset, since });
+        if (reset || cut) emit("gap", { reset, since });
         seen = true;
-        for (const h of m.history || []) message(h, true);
+        for (const x of h) message(x, true);
         queue = [...pending.values()]; // unacked ones are sent again with the same client_msg_id
         for (const p of queue) p.q = true;
         return pump();
@@ -126,10 +125,8 @@ function connect(path, opts = {}) {
   }
 
   function message(m, history) {
-    if (typeof m.id === "number") {
-      if (m.id <= lastId) return; // seen already
-      lastId = m.id;
-    }
+    if (m.id <= lastId) return; // seen already
+    if (m.id > lastId) lastId = m.id;
     if (m.client_msg_id && m.username === me) settle(m.client_msg_id, m.id);
     emit("message", { ...m, history });
   }
@@ -160,7 +157,7 @@ function connect(path, opts = {}) {
     C(pace);
     pace = null;
     if (code === 1008 && reason === "username taken") return finish("username_taken", "username taken", code);
-    if ([1003, 1007, 1009].includes(code)) return finish("protocol_error", reason || "protocol error " + code, code);
+    if ([1003, 1007, 1009].includes(code)) return finish("protocol_error", reason || "close " + code, code);
     if (!ok && ++failures > o.maxRetries) return finish("connect_failed", "could not connect", code);
     if (welcomedAt && o.now() - welcomedAt >= 60000) attempt = 0; // stable for a minute
     welcomedAt = 0;

@@ -18,8 +18,9 @@ function harness(opts = {}) {
   const timers = [];
   let now = 1_000_000;
   class FakeWS {
-    constructor(url) {
+    constructor(url, protocols) {
       this.url = new URL(url);
+      this.protocols = protocols;
       this.sent = [];
       this.closedWith = null;
       sockets.push(this);
@@ -217,6 +218,44 @@ test("resume: a new epoch resets the ids and emits one gap with reset", () => {
   h.drop();
   h.advance(1000);
   assert.deepEqual([h.ws().url.searchParams.get("since"), h.ws().url.searchParams.get("epoch")], ["3", "E2"]);
+});
+
+test("resume: same epoch but a since above the room's ids (whole history, truncated) resets too", () => {
+  const h = harness();
+  h.welcome({ history: [msg(8), msg(9)] });
+  h.drop();
+  h.advance(1000);
+  h.welcome({ history: [msg(1, { text: "other1" }), msg(2, { text: "other2" })], history_truncated: true });
+  assert.deepEqual(h.of("gap"), [{ reset: true, since: 9 }]);
+  assert.deepEqual(h.of("message").map((m) => m.text), ["m8", "m9", "other1", "other2"]);
+  assert.equal(h.chat.lastId, 2);
+  // truncated with nothing kept (e.g. history disabled): a gap, and newer ids still pass
+  h.drop();
+  h.advance(1000);
+  h.welcome({ history: [], history_truncated: true });
+  assert.deepEqual(h.of("gap").at(-1), { reset: false, since: 2 });
+  h.recv(msg(3));
+  assert.equal(h.of("message").at(-1).id, 3);
+});
+
+test("batched frames (chatkit.v1): several events separated by newlines", () => {
+  const h = harness();
+  assert.deepEqual(h.ws().protocols, ["chatkit.v1"]);
+  const welcome = { type: "welcome", room: "general", username: "Alice", session_id: "s", epoch: "E", active_users: ["Alice"], history: [], history_truncated: false, limits: {} };
+  const joined = { type: "user_joined", room: "general", username: "Bob", active_users: ["Alice", "Bob"], timestamp: "2026-11-28T07:30:00.120Z" };
+  h.ws().onmessage({ data: [welcome, joined, msg(1, { text: "a\nb" }), msg(2)].map((e) => JSON.stringify(e)).join("\n") });
+  assert.equal(h.chat.status, "open");
+  assert.deepEqual(h.chat.users, ["Alice", "Bob"]);
+  assert.deepEqual(h.of("message").map((m) => m.text), ["a\nb", "m2"]);
+});
+
+test("send: rate 0 in limits means no pacing", () => {
+  const h = harness();
+  for (let i = 0; i < 30; i++) h.chat.send("q" + i);
+  h.welcome({ limits: { max_message_length: 500, rate: 0, burst: 0 } });
+  assert.equal(h.ws().sent.length, 30);
+  h.chat.send("direct");
+  assert.equal(h.ws().sent.length, 31);
 });
 
 test("resume: no gap on the first welcome", () => {
@@ -547,8 +586,8 @@ test("frames that are not JSON are ignored", () => {
   assert.equal(h.chat.status, "open");
 });
 
-test("file: under 10 KB, module and globalThis.ChatKit, classic variant without the last line", () => {
-  assert.ok(Buffer.byteLength(src) < 10 * 1024, `client.js is ${Buffer.byteLength(src)} bytes`);
+test("file: under 10 KB (10,000 bytes), module and globalThis.ChatKit, classic variant without the last line", () => {
+  assert.ok(Buffer.byteLength(src) < 10000, `client.js is ${Buffer.byteLength(src)} bytes`);
   assert.equal(globalThis.ChatKit.connect, connect);
   const lines = src.trimEnd().split("\n");
   assert.match(lines.at(-1), /^export \{ connect, backoff, buildURL, ChatError \};$/);
