@@ -61,15 +61,7 @@ func main() {
 	}
 	chat := chatkit.New(opts...)
 
-	mux := http.NewServeMux()
-	mux.Handle("/ws", chat)
-	mux.Handle("/chatkit.js", chatkit.ClientJS())
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.Write(page)
-	})
-
-	srv := &http.Server{Addr: *addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Addr: *addr, Handler: newHandler(chat), ReadHeaderTimeout: 10 * time.Second}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	stopped := make(chan struct{})
@@ -92,6 +84,19 @@ func main() {
 		os.Exit(1)
 	}
 	<-stopped
+}
+
+// newHandler serves the page at /, the chat at /ws and the client library
+// at /chatkit.js.
+func newHandler(chat *chatkit.Server) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/ws", chat)
+	mux.Handle("/chatkit.js", chatkit.ClientJS())
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Write(page)
+	})
+	return mux
 }
 
 func portOf(addr string) string {
