@@ -418,22 +418,43 @@ func randomID() string { return rand.Text()[:16] }
 var clientJS []byte
 
 // ClientJS returns a handler that serves the browser client library,
-// client.js, as JavaScript. It answers conditional requests with 304 via
-// an ETag, and lets browsers cache the file for an hour.
+// client.js, as JavaScript. By default it is an ES module:
+//
+//	<script type="module">import { connect } from "/chatkit.js"; ...</script>
+//
+// With the query parameter "classic" it is served without its export
+// statement, as a classic script that defines window.ChatKit:
+//
+//	<script src="/chatkit.js?classic"></script>
+//
+// It answers conditional requests with 304 via an ETag, and lets browsers
+// cache the file for an hour.
 func ClientJS() http.Handler {
-	sum := sha256.Sum256(clientJS)
-	etag := fmt.Sprintf(`"%x"`, sum[:8])
+	module := clientJS
+	classic := module
+	if i := bytes.LastIndex(module, []byte("\nexport ")); i >= 0 {
+		classic = module[:i+1]
+	}
+	etag := func(b []byte) string {
+		sum := sha256.Sum256(b)
+		return fmt.Sprintf(`"%x"`, sum[:8])
+	}
+	moduleTag, classicTag := etag(module), etag(classic)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 			return
 		}
+		body, tag := module, moduleTag
+		if r.URL.Query().Has("classic") {
+			body, tag = classic, classicTag
+		}
 		h := w.Header()
 		h.Set("Content-Type", "text/javascript; charset=utf-8")
 		h.Set("Cache-Control", "public, max-age=3600")
-		h.Set("ETag", etag)
+		h.Set("ETag", tag)
 		h.Set("X-Content-Type-Options", "nosniff")
-		http.ServeContent(w, r, "client.js", time.Time{}, bytes.NewReader(clientJS))
+		http.ServeContent(w, r, "client.js", time.Time{}, bytes.NewReader(body))
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -866,6 +867,15 @@ func TestClientJS(t *testing.T) {
 	}
 	if rec := httptestGet(h, http.Header{"If-None-Match": {etag}}); rec.Code != http.StatusNotModified {
 		t.Errorf("conditional GET = %d, want 304", rec.Code)
+	}
+	if !strings.Contains(rec.Body.String(), "\nexport ") {
+		t.Errorf("the module has no export statement")
+	}
+	req := httptest.NewRequest("GET", "/chatkit.js?classic", nil)
+	classic := httptest.NewRecorder()
+	h.ServeHTTP(classic, req)
+	if body := classic.Body.String(); strings.Contains(body, "export ") || !strings.Contains(body, "globalThis.ChatKit") || classic.Header().Get("ETag") == etag {
+		t.Errorf("classic variant: ETag %q, still exports or lacks globalThis.ChatKit", classic.Header().Get("ETag"))
 	}
 }
 
