@@ -820,7 +820,13 @@ func TestEveryoneSeesTheSameOrder(t *testing.T) {
 	_, base := testServer(t, WithRateLimit(rate.Inf, 0), WithSendQueue(4096), WithHistorySize(0))
 	var cs []*client
 	for i := range clients {
-		c, _ := join(t, base, fmt.Sprint("u", i), "r")
+		// Half the clients take batched frames, half one event per frame.
+		var sub []string
+		if i%2 == 0 {
+			sub = []string{Subprotocol}
+		}
+		c := dial(t, base, query("username", fmt.Sprint("u", i), "room", "r"), sub...)
+		c.expect(typeWelcome)
 		cs = append(cs, c)
 	}
 	var wg sync.WaitGroup

@@ -75,11 +75,11 @@ func query(kv ...string) string {
 }
 
 // dialRaw opens a connection that nobody reads from.
-func dialRaw(t *testing.T, base, q string) *websocket.Conn {
+func dialRaw(t *testing.T, base, q string, subprotocols ...string) *websocket.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	conn, resp, err := websocket.Dial(ctx, base+q, nil)
+	conn, resp, err := websocket.Dial(ctx, base+q, &websocket.DialOptions{Subprotocols: subprotocols})
 	if err != nil {
 		status := 0
 		if resp != nil {
@@ -94,9 +94,9 @@ func dialRaw(t *testing.T, base, q string) *websocket.Conn {
 
 // dial connects and starts the background reader; it does not wait for the
 // welcome.
-func dial(t *testing.T, base, q string) *client {
+func dial(t *testing.T, base, q string, subprotocols ...string) *client {
 	t.Helper()
-	c := &client{t: t, conn: dialRaw(t, base, q), events: make(chan event, 100000), done: make(chan struct{})}
+	c := &client{t: t, conn: dialRaw(t, base, q, subprotocols...), events: make(chan event, 100000), done: make(chan struct{})}
 	go c.readLoop()
 	t.Cleanup(func() {
 		c.conn.CloseNow()
