@@ -27,6 +27,7 @@ func runFanout(cfg *config, ad adapter, size int) *Result {
 		return res
 	}
 	defer b.close()
+	defer res.noteDrops(b)
 	pubs := min(cfg.publishers, size)
 	pool := &memberPool{b: b}
 	for i := range pubs {

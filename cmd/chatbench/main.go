@@ -202,7 +202,7 @@ func parseFlags(cmd string, args []string) (*config, error) {
 	fs.BoolVar(&c.quiet, "q", false, "no progress on stderr")
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write the generator's own CPU profile to this file")
 
-	members := fs.String("members", "", "fanout: room sizes, comma-separated (default 500,1000); slow: the room size (default 500)")
+	members := fs.String("members", "", "fanout: room sizes, comma-separated (default 500,1000); slow: the room size (default 100)")
 	fs.IntVar(&c.publishers, "publishers", 4, "fanout, slow: publishing members")
 	fs.Float64Var(&c.startRate, "start", 10000, "fanout: first offered rate, deliveries per second")
 	fs.Float64Var(&c.maxRate, "max-rate", 5e6, "fanout: highest rate tried, deliveries per second")
@@ -225,7 +225,7 @@ func parseFlags(cmd string, args []string) (*config, error) {
 	fs.Float64Var(&c.churn, "churn", 50, "mix: connections per second that join a room, stay -churn-life and leave")
 	fs.DurationVar(&c.churnLife, "churn-life", time.Second, "mix: how long a churning connection stays")
 
-	fs.Float64Var(&c.rate, "rate", 20000, "slow: offered deliveries per second")
+	fs.Float64Var(&c.rate, "rate", 30000, "slow: offered deliveries per second")
 	fs.Float64Var(&c.slowFrac, "slow-frac", 0.01, "slow: fraction of members that stop reading")
 	fs.IntVar(&c.slowRcvbuf, "slow-rcvbuf", 4096, "slow: SO_RCVBUF of the slow members' sockets")
 	if err := fs.Parse(args); err != nil {
@@ -257,7 +257,7 @@ func parseFlags(cmd string, args []string) (*config, error) {
 			c.members = append(c.members, n)
 		}
 	case "slow":
-		c.slowMembers = 500
+		c.slowMembers = 100
 		if *members != "" {
 			n, err := strconv.Atoi(strings.TrimSpace(strings.Split(*members, ",")[0]))
 			if err != nil || n < 1 {
@@ -332,4 +332,11 @@ func (s stepResult) clean() stepResult {
 		}
 	}
 	return s
+}
+
+// noteDrops adds the connections the server ended, by reason, to the notes.
+func (r *Result) noteDrops(b *bench) {
+	if d := b.dropSummary(); d != "" {
+		r.Notes = append(r.Notes, "connections ended by the server: "+d)
+	}
 }

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -84,6 +86,19 @@ func (b *bench) noteErr(s string) {
 	b.lastErrMu.Unlock()
 }
 
+// dropSummary describes the connections that ended without being asked
+// to, by reason.
+func (b *bench) dropSummary() string {
+	b.lastErrMu.Lock()
+	defer b.lastErrMu.Unlock()
+	var parts []string
+	for r, n := range b.dropReason {
+		parts = append(parts, fmt.Sprintf("%d × %s", n, r))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ", ")
+}
+
 func (b *bench) noteDrop(reason string) {
 	b.drops.Add(1)
 	b.lastErrMu.Lock()
@@ -141,7 +156,7 @@ func (b *bench) connect(ctx context.Context, s memberSpec) (*member, error) {
 	m := &member{b: b, id: id, name: name, room: room, counted: s.counted, sampled: !s.bulk,
 		ready: make(chan struct{}), done: make(chan struct{})}
 	conn, leftover, err := dialWS(ctx, b.addr, b.ad.requestURI(b.base, name, room), dialOptions{
-		subprotocols: b.cfg.subprotocols, rcvbuf: s.rcvbuf})
+		subprotocols: b.cfg.subprotocols, rcvbuf: s.rcvbuf, mss: s.mss})
 	if err != nil {
 		return nil, err
 	}
@@ -208,6 +223,15 @@ func (m *member) setLowat(n int) {
 	defer m.conn.wmu.Unlock()
 	if !m.conn.closed {
 		syscall.SetsockoptInt(m.conn.fd, syscall.SOL_SOCKET, syscall.SO_RCVLOWAT, max(n, 1))
+	}
+}
+
+// setRcvbuf shrinks the socket's receive buffer (the slow workload).
+func (m *member) setRcvbuf(n int) {
+	m.conn.wmu.Lock()
+	defer m.conn.wmu.Unlock()
+	if !m.conn.closed && n > 0 {
+		syscall.SetsockoptInt(m.conn.fd, syscall.SOL_SOCKET, syscall.SO_RCVBUF, n)
 	}
 }
 

@@ -32,6 +32,7 @@ func runMix(cfg *config, ad adapter) *Result {
 		return res
 	}
 	defer b.close()
+	defer res.noteDrops(b)
 	pool := &memberPool{b: b, perPublish: func(*member) int64 { return int64(per) }}
 	for r := range rooms {
 		for k := range per {

@@ -223,14 +223,14 @@ func renderReport(title, baseline string, meta [][2]string, results []*Result) s
 			if math.IsNaN(pv) || pv == 0 {
 				continue
 			}
-			parts = append(parts, fmt.Sprintf("%.2f× %s", bv/pv, l))
+			parts = append(parts, fmt.Sprintf("%s %s (%s ÷ %s = %.2f×)", l, fmtNum(pv), baseline, l, bv/pv))
 		}
 		if len(parts) > 0 {
-			head = append(head, fmt.Sprintf("- %s %s, %s: %s %s = %s", g.workload, g.cs, what, baseline, fmtNum(bv), strings.Join(parts, ", ")))
+			head = append(head, fmt.Sprintf("- %s %s, %s: %s %s; %s", g.workload, g.cs, what, baseline, fmtNum(bv), strings.Join(parts, ", ")))
 		}
 	}
 	if len(head) > 0 {
-		fmt.Fprintf(&b, "## Headline (%s's figure divided by each peer's)\n\n%s\n\n", baseline, strings.Join(head, "\n"))
+		fmt.Fprintf(&b, "## Headline\n\n%s\n\n", strings.Join(head, "\n"))
 	}
 
 	lastWorkload := ""
@@ -368,9 +368,10 @@ func workloadBlurb(w string, byLabel map[string][]*Result) string {
 			"Errors count lost, duplicated and reordered messages, connections the server closed, error events and failed joins.",
 			param("rooms"), param("members"), param("room_msgs_per_s"), param("churn_per_s"), param("churn_life_s"), param("duration_s"))
 	case "slow":
-		return fmt.Sprintf("One room of %s members at a fixed %s deliveries/s, first with everyone reading, then with %s members (1%%) that stop reading (their socket receive buffers shrunk to %s bytes). "+
-			"Latency and delivery are those of the healthy members; RSS growth is the server's peak during the stalled step over its RSS before it.",
-			param("members"), param("rate_per_s"), param("slow"), param("slow_rcvbuf"))
+		return fmt.Sprintf("One room of %s members at a fixed %s deliveries/s of %s-byte messages, first for %s s with everyone reading, then for %s s with %s member(s) (1%%) that stop reading (receive buffers of %s bytes, joined last). "+
+			"Latency and delivery are those of the healthy members; RSS growth is the server's peak during the stalled step over its RSS before it. "+
+			"Each stalled member is sent about %s KiB of text during the stalled step; on loopback the kernel first parks up to a few MiB per connection in socket buffers, so a server's own queue limit (and its drop of a slow client) only comes into play beyond that.",
+			param("members"), param("rate_per_s"), param("size_bytes"), param("step_s"), param("step_s"), param("slow"), param("slow_rcvbuf"), param("stalled_backlog_kib"))
 	}
 	return ""
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"sort"
@@ -20,6 +21,7 @@ type memberSpec struct {
 	room    string
 	counted bool
 	rcvbuf  int
+	mss     int
 	// bulk members count deliveries but record no latency: while a step
 	// publishes, their sockets get a large receive low-water mark so that
 	// the generator reads them in big chunks, a few system calls for many
@@ -272,20 +274,21 @@ func (b *bench) measureStep(kind string, plan pubPlan, members int, dur time.Dur
 // barrier sends one message from each publisher and waits until every
 // counted member has it: afterwards every member is registered with the
 // server and earlier backlog has cleared.
-func (b *bench) barrier(plan pubPlan, timeout time.Duration) (bool, error) {
+func (b *bench) barrier(plan pubPlan, timeout time.Duration) (bool, string, error) {
 	step, st := b.newStep()
 	for _, m := range plan.pubs {
 		if !m.alive() {
 			continue
 		}
 		if err := m.publish(step, time.Now().UnixNano()); err != nil {
-			return false, err
+			return false, "", err
 		}
 		st.published.Add(1)
 		st.expected.Add(plan.expectEach(m))
 	}
 	drain(st, timeout)
-	return st.delivered.Load() >= st.expected.Load(), nil
+	got, want := st.delivered.Load(), st.expected.Load()
+	return got >= want, fmt.Sprintf("%d of %d sync deliveries", got, want), nil
 }
 
 // memberPool is the set of long-lived members of a fanout-like run.
@@ -404,19 +407,25 @@ func (p *memberPool) allAlive() bool {
 
 // settle heals the pool if needed and runs a barrier.
 func (p *memberPool) settle() error {
+	var state string
 	for attempt := 0; attempt < 3; attempt++ {
 		if err := p.heal(); err != nil {
 			return err
 		}
-		ok, err := p.b.barrier(p.plan(1), p.b.cfg.barrierTimeout)
+		ok, st, err := p.b.barrier(p.plan(1), p.b.cfg.barrierTimeout)
 		if err != nil {
 			return err
 		}
 		if ok && p.allAlive() {
 			return nil
 		}
+		state = st
 	}
-	return fmt.Errorf("members not in sync after 3 barriers")
+	msg := "members not in sync after 3 barriers: " + state
+	if d := p.b.dropSummary(); d != "" {
+		msg += "; connections ended by the server: " + d
+	}
+	return errors.New(msg)
 }
 
 func median(xs []float64) float64 {

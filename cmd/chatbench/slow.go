@@ -18,7 +18,11 @@ func runSlow(cfg *config, ad adapter) *Result {
 	nSlow := max(1, int(math.Round(float64(size)*cfg.slowFrac)))
 	res := newResult(cfg, ad, "slow", fmt.Sprintf("members=%d rate=%.0f", size, cfg.rate))
 	res.Params = map[string]any{"members": size, "slow": nSlow, "rate_per_s": cfg.rate, "publishers": cfg.publishers,
-		"step_s": cfg.duration.Seconds(), "slow_rcvbuf": cfg.slowRcvbuf, "size_bytes": cfg.size}
+		"step_s": cfg.duration.Seconds(), "slow_rcvbuf": cfg.slowRcvbuf, "size_bytes": cfg.size,
+		// What each stalled member is sent during the stalled step, text
+		// alone: servers first park this in kernel socket buffers (up to a
+		// few MiB each on loopback) before their own queues fill.
+		"stalled_backlog_kib": math.Round(cfg.rate / float64(size) * cfg.duration.Seconds() * float64(cfg.size) / 1024)}
 	if size > cfg.maxConns {
 		res.fail(fmt.Sprintf("%d members exceed -max-conns %d", size, cfg.maxConns))
 		return res
@@ -33,6 +37,7 @@ func runSlow(cfg *config, ad adapter) *Result {
 		return res
 	}
 	defer b.close()
+	defer res.noteDrops(b)
 	pool := &memberPool{b: b}
 	for i := range cfg.publishers {
 		pool.pubIdx = append(pool.pubIdx, i)
@@ -41,12 +46,23 @@ func runSlow(cfg *config, ad adapter) *Result {
 	for i := range size {
 		s := memberSpec{id: i, name: fmt.Sprintf("u%d", i), room: cfg.room, counted: i < healthy}
 		if !s.counted {
-			s.rcvbuf = cfg.slowRcvbuf
+			// A small window, and an Internet-sized MSS: loopback's 64 KiB
+			// segments make the server's socket send buffer autotune to
+			// several MiB, which would hide the server's own queue.
+			s.rcvbuf, s.mss = cfg.slowRcvbuf, 1400
 		}
 		pool.specs = append(pool.specs, s)
 	}
 	sampleSpread(pool.specs[:healthy], cfg.sample)
-	ms, cs := b.connectAll(pool.specs, cfg.connectPar, cfg.setupTimeout)
+	// The slow members, whose small receive buffers are set before they
+	// connect (so that the server's side of their connections stays small
+	// too), join last: they then see no join storm.
+	ms, cs := b.connectAll(pool.specs[:healthy], cfg.connectPar, cfg.setupTimeout)
+	if cs.failed == 0 {
+		ms2, cs2 := b.connectAll(pool.specs[healthy:], cfg.connectPar, cfg.setupTimeout)
+		ms = append(ms, ms2...)
+		cs.failed, cs.seconds, cs.firstErr = cs2.failed, cs.seconds+cs2.seconds, cs2.firstErr
+	}
 	pool.members = ms
 	defer func() { closeAll(pool.members) }()
 	res.Metrics["connect_s"] = cs.seconds

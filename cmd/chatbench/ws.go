@@ -73,6 +73,7 @@ type wsConn struct {
 type dialOptions struct {
 	subprotocols []string
 	rcvbuf       int // SO_RCVBUF before connecting, 0 to leave it to the kernel
+	mss          int // TCP_MAXSEG before connecting, 0 to leave it to the kernel
 }
 
 // dialWS connects to addr (host:port) and performs the opening handshake
@@ -80,11 +81,16 @@ type dialOptions struct {
 // connection and any bytes that arrived after the handshake response.
 func dialWS(ctx context.Context, addr, requestURI string, o dialOptions) (*wsConn, []byte, error) {
 	d := net.Dialer{}
-	if o.rcvbuf > 0 {
+	if o.rcvbuf > 0 || o.mss > 0 {
 		d.Control = func(network, address string, rc syscall.RawConn) error {
 			var serr error
 			err := rc.Control(func(fd uintptr) {
-				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, o.rcvbuf)
+				if o.rcvbuf > 0 {
+					serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, o.rcvbuf)
+				}
+				if o.mss > 0 && serr == nil {
+					serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_MAXSEG, o.mss)
+				}
 			})
 			if err != nil {
 				return err
