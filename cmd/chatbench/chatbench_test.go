@@ -162,7 +162,7 @@ func TestFanoutAgainstChatkit(t *testing.T) {
 
 	cfg, err := parseFlags("fanout", []string{"-url", "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws",
 		"-pid", "0", "-members", "12", "-publishers", "2", "-start", "600", "-max-rate", "1200",
-		"-ramp", "200ms", "-duration", "300ms", "-p99", "2000", "-gen-limit", "1000", "-sample", "4", "-lowat", "4096", "-q"})
+		"-factor", "2", "-duration", "300ms", "-p99", "2000", "-gen-limit", "1000", "-sample", "4", "-lowat", "4096", "-q"})
 	if err != nil {
 		t.Fatal(err)
 	}

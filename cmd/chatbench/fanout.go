@@ -7,15 +7,18 @@ import (
 )
 
 // runFanout measures one room of size members, publishers among them,
-// at an open-loop rate stepped up until p99 latency passes the limit or
-// delivery falls below the minimum: first short ramp steps that double
-// the rate, then full-length steps that bisect (in log scale) between the
-// last good and the first bad rate. The result is the highest rate that
-// passed a full-length step.
+// at an open-loop rate stepped up by -factor per full-length step until
+// p99 latency passes the limit or delivery falls below the minimum in two
+// steps in a row (a server that batches under load can fail one rate and
+// pass the next), or in one step in which the server dropped clients:
+// reconnecting hundreds of members, and the join storms that follow, would
+// leave the server in a state no longer comparable. The result is the
+// highest rate that passed; when the failure above it was clean, one more
+// step tries the geometric middle.
 func runFanout(cfg *config, ad adapter, size int) *Result {
 	res := newResult(cfg, ad, "fanout", fmt.Sprintf("members=%d", size))
 	res.Params = map[string]any{"members": size, "publishers": cfg.publishers, "size_bytes": cfg.size,
-		"step_s": cfg.duration.Seconds(), "ramp_step_s": cfg.rampDur.Seconds(), "p99_limit_ms": cfg.p99Limit,
+		"step_s": cfg.duration.Seconds(), "factor": cfg.factor, "p99_limit_ms": cfg.p99Limit,
 		"min_delivery": cfg.minDelivery, "sampled": min(size, cfg.sample), "lowat": cfg.lowat}
 	if size > cfg.maxConns {
 		res.fail(fmt.Sprintf("%d members exceed -max-conns %d", size, cfg.maxConns))
@@ -68,73 +71,51 @@ func runFanout(cfg *config, ad adapter, size int) *Result {
 		return r, true
 	}
 
-	// Ramp.
 	rate := cfg.startRate
-	good, bad := 0.0, 0.0
-	genBound := false
-	for range 24 {
+	bad, badClean := 0.0, false
+	genBound, hitMax := false, false
+	fails := 0
+	for range 40 {
 		if rate > cfg.maxRate {
+			hitMax = bad == 0
 			break
 		}
-		r, ok := step("ramp", rate, cfg.rampDur)
+		r, ok := step("measure", rate, cfg.duration)
 		if !ok {
 			break
 		}
 		if r.Invalid {
 			genBound = true
-			bad = rate
 			break
 		}
-		if !r.OK {
-			bad = rate
-			break
-		}
-		good = rate
-		rate *= cfg.factor
-	}
-	if good == 0 && bad == 0 {
-		res.fail("no step could run")
-		return res
-	}
-	hitMax := bad == 0
-	if hitMax {
-		bad = math.Min(rate, cfg.maxRate*cfg.factor)
-	}
-
-	// Refine with full-length steps.
-	lo, hi := good, bad
-	if lo == 0 {
-		lo = bad / cfg.factor / cfg.factor
-	}
-	if !hitMax {
-		for range cfg.refine {
-			mid := math.Sqrt(lo * hi)
-			r, ok := step("measure", mid, cfg.duration)
-			if !ok {
+		if r.OK {
+			bad, badClean, fails = 0, false, 0
+		} else {
+			dirty := r.Drops > 0 || r.PubErrors > 0
+			if bad == 0 {
+				bad, badClean = rate, !dirty
+			}
+			// A server that batches under load may fail a rate and pass a
+			// higher one, so a clean failure gets one more step.
+			if fails++; dirty || fails >= 2 {
 				break
 			}
-			if r.Invalid {
-				genBound = true
-			}
-			if r.OK {
-				lo = mid
-			} else {
-				hi = mid
-			}
 		}
+		rate *= cfg.factor
 	}
-	// Make sure the reported rate passed a full-length step: try lo, then
-	// walk down.
-	for try := 0; best == nil && try < 4 && lo >= cfg.startRate/8; try++ {
-		r, ok := step("measure", lo, cfg.duration)
-		if !ok {
-			break
+	switch {
+	case best == nil && badClean:
+		// The first rate was too high: walk down.
+		for lo := bad / cfg.factor / cfg.factor; best == nil && lo >= cfg.startRate/64; lo /= cfg.factor * cfg.factor {
+			r, ok := step("measure", lo, cfg.duration)
+			if !ok || (!r.OK && r.Drops > 0) {
+				break
+			}
 		}
-		if r.Invalid {
+	case best != nil && badClean && cfg.refine > 0:
+		mid := math.Sqrt(best.OfferedRate * bad)
+		if r, ok := step("measure", mid, cfg.duration); ok && r.Invalid {
 			genBound = true
-		}
-		if !r.OK {
-			lo /= math.Sqrt(cfg.factor)
 		}
 	}
 	if best == nil {
@@ -147,8 +128,11 @@ func runFanout(cfg *config, ad adapter, size int) *Result {
 		res.Notes = append(res.Notes, "the generator saturated its core before the server failed: the figure is a lower bound")
 	case hitMax:
 		res.Bound = "max-rate"
-	default:
+	case bad > 0:
 		res.Bound = "server"
+	default:
+		res.Bound = "setup"
+		res.Notes = append(res.Notes, "stepping stopped early: the members could not be brought back in sync")
 	}
 	res.Metrics["deliveries_per_s"] = best.Rate
 	res.Metrics["offered_per_s"] = best.OfferedRate
@@ -160,7 +144,9 @@ func runFanout(cfg *config, ad adapter, size int) *Result {
 	res.Metrics["server_cpu_util"] = best.ServerUtil
 	res.Metrics["generator_cpu_util"] = best.GenLoad
 	res.Metrics["delivery_pct"] = 100 * best.DeliveryRatio
-	res.Metrics["first_bad_per_s"] = hi
+	if bad > 0 {
+		res.Metrics["first_bad_per_s"] = bad
+	}
 	res.Metrics["reconnects"] = float64(pool.heals)
 	res.Valid = true
 	return res

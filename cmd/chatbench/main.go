@@ -31,6 +31,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"runtime/pprof"
 	"strconv"
@@ -65,7 +66,6 @@ type config struct {
 	publishers  int
 	startRate   float64
 	maxRate     float64
-	rampDur     time.Duration
 	factor      float64
 	refine      int
 	p99Limit    float64
@@ -204,11 +204,10 @@ func parseFlags(cmd string, args []string) (*config, error) {
 
 	members := fs.String("members", "", "fanout: room sizes, comma-separated (default 500,1000); slow: the room size (default 100)")
 	fs.IntVar(&c.publishers, "publishers", 4, "fanout, slow: publishing members")
-	fs.Float64Var(&c.startRate, "start", 10000, "fanout: first offered rate, deliveries per second")
+	fs.Float64Var(&c.startRate, "start", 20000, "fanout: first offered rate, deliveries per second")
 	fs.Float64Var(&c.maxRate, "max-rate", 5e6, "fanout: highest rate tried, deliveries per second")
-	fs.DurationVar(&c.rampDur, "ramp", time.Second, "fanout: length of each ramp step")
-	fs.Float64Var(&c.factor, "factor", 2, "fanout: rate multiplier between ramp steps")
-	fs.IntVar(&c.refine, "refine", 2, "fanout: bisection steps between the last good and first bad rate")
+	fs.Float64Var(&c.factor, "factor", math.Sqrt2, "fanout: rate multiplier between steps")
+	fs.IntVar(&c.refine, "refine", 1, "fanout: 1 to try the middle between the last good and a cleanly failed rate, 0 not to")
 	fs.Float64Var(&c.p99Limit, "p99", 50, "fanout: a step fails when p99 latency exceeds this many ms")
 	fs.Float64Var(&c.minDelivery, "min-delivery", 0.999, "fanout: a step fails when this fraction is not delivered")
 	fs.Float64Var(&c.genLimit, "gen-limit", 0.9, "a step in which the generator used more of its core is invalid")
@@ -269,8 +268,8 @@ func parseFlags(cmd string, args []string) (*config, error) {
 	if c.factor <= 1 {
 		return nil, fmt.Errorf("-factor must be above 1")
 	}
-	if c.startRate <= 0 || c.duration <= 0 || c.rampDur <= 0 || c.publishers < 1 {
-		return nil, fmt.Errorf("-start, -duration, -ramp and -publishers must be positive")
+	if c.startRate <= 0 || c.duration <= 0 || c.publishers < 1 {
+		return nil, fmt.Errorf("-start, -duration and -publishers must be positive")
 	}
 	return c, nil
 }

@@ -188,6 +188,9 @@ func renderReport(title, baseline string, meta [][2]string, results []*Result) s
 		}
 		g.byLabel[r.Label] = append(g.byLabel[r.Label], r)
 	}
+	for _, g := range groups {
+		orderLabels(g.labels, baseline)
+	}
 	sort.SliceStable(keys, func(i, j int) bool {
 		gi, gj := groups[keys[i]], groups[keys[j]]
 		wi, wj := slices.Index(workloadOrder, gi.workload), slices.Index(workloadOrder, gj.workload)
@@ -257,16 +260,7 @@ func renderReport(title, baseline string, meta [][2]string, results []*Result) s
 			b.WriteString("---|---|")
 		}
 		b.WriteString("\n")
-		labels := append([]string(nil), g.labels...)
-		slices.SortStableFunc(labels, func(a, c string) int {
-			switch {
-			case a == baseline && c != baseline:
-				return -1
-			case c == baseline && a != baseline:
-				return 1
-			}
-			return 0
-		})
+		labels := g.labels
 		for _, l := range labels {
 			rs := g.byLabel[l]
 			valid := 0
@@ -339,6 +333,26 @@ func renderReport(title, baseline string, meta [][2]string, results []*Result) s
 	return b.String()
 }
 
+// orderLabels puts the baseline first, then its variants (chatkit-v1),
+// then the peers by name.
+func orderLabels(labels []string, baseline string) {
+	rank := func(l string) int {
+		switch {
+		case l == baseline:
+			return 0
+		case strings.HasPrefix(l, baseline+"-"):
+			return 1
+		}
+		return 2
+	}
+	slices.SortStableFunc(labels, func(a, c string) int {
+		if ra, rc := rank(a), rank(c); ra != rc {
+			return ra - rc
+		}
+		return strings.Compare(a, c)
+	})
+}
+
 func workloadBlurb(w string, byLabel map[string][]*Result) string {
 	var p map[string]any
 	for _, rs := range byLabel {
@@ -356,10 +370,10 @@ func workloadBlurb(w string, byLabel map[string][]*Result) string {
 	switch w {
 	case "fanout":
 		return fmt.Sprintf("One room; %s of its members publish at an open-loop rate (each message carries its scheduled send time, so a late send counts as latency) and every member, publishers included, receives every message. "+
-			"The rate doubles in %ss ramp steps until p99 latency exceeds %s ms or less than %s of the deliveries arrive, then %ss steps bisect between the last good and the first bad rate. "+
-			"The figure is the highest rate that passed a full-length step; *bound* says what stopped the ramp (server: latency or loss; generator: the generator's own core was saturated first, so the figure is a lower bound). "+
-			"Server CPU is read from /proc/PID/stat over the step.",
-			param("publishers"), param("ramp_step_s"), param("p99_limit_ms"), param("min_delivery"), param("step_s"))
+			"The rate grows by %s× per %s s step until p99 latency exceeds %s ms or less than %s of the deliveries arrive (one more step then tries the middle, unless the server dropped clients); the figure is the highest rate that passed. "+
+			"*bound* says what stopped the stepping (server: latency or loss; generator: the generator's own core was saturated first, so the figure is a lower bound). "+
+			"Latency is sampled at 64 members spread over the room, delivery counted at all. Server CPU is read from /proc/PID/stat over the step.",
+			param("publishers"), fmtNum(paramFloat(p, "factor")), param("step_s"), param("p99_limit_ms"), param("min_delivery"))
 	case "idle":
 		return fmt.Sprintf("%s connections in rooms of %s, each waited for until it is in its room (welcome, own join or subscribe reply), then the server's RSS growth over its pre-connection RSS is read from /proc/PID/status after the server settled (%s s, read twice 1 s apart, the second reading reported). Goroutines come from the server's /debug/stats where it has one (the seed has none).",
 			param("conns"), param("room_size"), param("settle_s"))
@@ -374,6 +388,13 @@ func workloadBlurb(w string, byLabel map[string][]*Result) string {
 			param("members"), param("rate_per_s"), param("size_bytes"), param("step_s"), param("step_s"), param("slow"), param("slow_rcvbuf"), param("stalled_backlog_kib"))
 	}
 	return ""
+}
+
+func paramFloat(p map[string]any, k string) float64 {
+	if f, ok := p[k].(float64); ok {
+		return f
+	}
+	return math.NaN()
 }
 
 func medianOf(rs []*Result, key string) float64 {
