@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -234,6 +235,7 @@ func (s *session) enqueueOrDrop(frame []byte) {
 // connection instead of exiting.
 func (s *session) writeLoop() {
 	defer s.workers.Done()
+	runtime.Gosched()
 	for {
 		s.mu.Lock()
 		frames := s.queue
