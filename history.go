@@ -25,16 +25,17 @@ type clientKey struct{ username, clientMsgID string }
 // recognised for as long as the message is in history and the memory
 // stays bounded by size.
 type memoryHistory struct {
-	ring     []Message // capacity size; ring[head] is the oldest
+	size     int
+	ring     []Message // grows up to size, then wraps; ring[head] is the oldest
 	head     int
 	count    int
 	last     int64
-	byClient map[clientKey]int64
+	byClient map[clientKey]int64 // nil until a message has a client id
 }
 
-func newMemoryHistory(size int) *memoryHistory {
-	return &memoryHistory{ring: make([]Message, size), byClient: make(map[clientKey]int64)}
-}
+// newMemoryHistory allocates nothing up front: most rooms never fill their
+// history, and an idle room should cost little.
+func newMemoryHistory(size int) *memoryHistory { return &memoryHistory{size: size} }
 
 func (h *memoryHistory) add(m Message) (Message, bool) {
 	key := clientKey{m.Username, m.ClientMsgID}
@@ -45,22 +46,24 @@ func (h *memoryHistory) add(m Message) (Message, bool) {
 	}
 	h.last++
 	m.ID = h.last
-	size := len(h.ring)
-	if size == 0 {
+	switch {
+	case h.size == 0:
 		return m, false
-	}
-	if h.count == size {
+	case h.count < h.size:
+		h.ring = append(h.ring, m) // head stays 0 until the ring is full
+		h.count++
+	default:
 		old := h.ring[h.head]
 		if old.ClientMsgID != "" {
 			delete(h.byClient, clientKey{old.Username, old.ClientMsgID})
 		}
 		h.ring[h.head] = m
-		h.head = (h.head + 1) % size
-	} else {
-		h.ring[(h.head+h.count)%size] = m
-		h.count++
+		h.head = (h.head + 1) % h.size
 	}
 	if m.ClientMsgID != "" {
+		if h.byClient == nil {
+			h.byClient = make(map[clientKey]int64)
+		}
 		h.byClient[key] = m.ID
 	}
 	return m, false
