@@ -15,6 +15,7 @@
 package chatkit
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -22,6 +23,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -159,7 +161,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer s.release(rm)
 	sess := newSession(s, rm, username)
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	hw := &hijackRecorder{ResponseWriter: w}
+	conn, err := websocket.Accept(hw, r, &websocket.AcceptOptions{
 		Subprotocols:       []string{Subprotocol},
 		InsecureSkipVerify: true, // originAllowed checked it
 		OnPongReceived:     func(context.Context, []byte) { sess.touch() },
@@ -168,7 +171,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return // Accept has answered the request
 	}
 	conn.SetReadLimit(s.readLimit)
-	sess.conn = conn
+	sess.conn, sess.netConn = conn, hw.conn
 	sess.batch = conn.Subprotocol() == Subprotocol
 	sess.run(resume, since, epoch)
 }
@@ -217,6 +220,22 @@ func (s *Server) sweep(stop <-chan struct{}) {
 			batch = batch[:0]
 		}
 	}
+}
+
+// hijackRecorder keeps the net.Conn that websocket.Accept hijacks, so that
+// the Server can cut it: websocket.Conn.CloseNow does not while a close
+// handshake is in progress.
+type hijackRecorder struct {
+	http.ResponseWriter
+	conn net.Conn
+}
+
+func (w *hijackRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	w.conn = conn
+	return conn, brw, err
 }
 
 func (s *Server) isClosing() bool {
@@ -405,7 +424,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		s.mu.Lock()
 		for sess := range s.live {
-			sess.cancel()
+			sess.kill()
 		}
 		s.mu.Unlock()
 		return ctx.Err()

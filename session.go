@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"runtime"
 	"strings"
 	"sync"
@@ -26,10 +27,11 @@ type session struct {
 	room     *room
 	srv      *Server
 	conn     *websocket.Conn
-	batch    bool               // the client negotiated chatkit.v1: several events per frame
-	ctx      context.Context    // ends when the session does
-	cancel   context.CancelFunc // closes the connection, even mid close handshake
-	index    int                // position in room.members, -1 when not a member; guarded by room.mu
+	netConn  net.Conn        // under conn; closing it ends every read and write at once
+	batch    bool            // the client negotiated chatkit.v1: several events per frame
+	ctx      context.Context // ends when the session does; given to the WithOnMessage hook
+	cancel   context.CancelFunc
+	index    int // position in room.members, -1 when not a member; guarded by room.mu
 
 	lastSeen atomic.Int64 // unix nanoseconds of the last frame or pong
 	pinging  atomic.Bool
@@ -142,15 +144,17 @@ func (s *session) run(resume bool, since int64, epoch string) {
 		s.mu.Unlock()
 		logger.Debug("chatkit: session ended", "room", r.name, "username", s.username, "session", s.id, "reason", reason)
 	}()
-	code, reason = s.readLoop(s.ctx)
+	code, reason = s.readLoop()
 }
 
 // readLoop reads and handles frames until the connection fails or the
 // client breaks the protocol; it returns the close code and reason to send
 // (zero when the connection is already gone).
-func (s *session) readLoop(ctx context.Context) (websocket.StatusCode, string) {
+func (s *session) readLoop() (websocket.StatusCode, string) {
 	for {
-		typ, data, err := s.conn.Read(ctx)
+		// A context that never ends costs coder/websocket nothing per
+		// read; the Server ends a read by closing netConn instead.
+		typ, data, err := s.conn.Read(context.Background())
 		if err != nil {
 			return 0, ""
 		}
@@ -161,7 +165,7 @@ func (s *session) readLoop(ctx context.Context) (websocket.StatusCode, string) {
 		if !utf8.Valid(data) {
 			return statusInvalidData, closeInvalidUTF8
 		}
-		s.handle(ctx, data)
+		s.handle(s.ctx, data)
 	}
 }
 
@@ -295,7 +299,9 @@ func (s *session) write(frames [][]byte) error {
 	if len(frames) == 0 {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, s.srv.cfg.writeTimeout)
+	// Not derived from s.ctx, whose children would each cost a map entry:
+	// a session that must end at once has its netConn closed.
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.writeTimeout)
 	defer cancel()
 	if !s.batch || len(frames) == 1 {
 		for _, f := range frames {
@@ -358,7 +364,7 @@ func (s *session) checkLiveness(now time.Time) {
 func (s *session) ping() {
 	defer s.workers.Done()
 	defer s.pinging.Store(false)
-	ctx, cancel := context.WithTimeout(s.ctx, s.srv.cfg.idleTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.idleTimeout)
 	defer cancel()
 	s.conn.Ping(ctx)
 }
@@ -370,4 +376,13 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return string([]rune(s)[:n]) + "…"
+}
+
+// kill cuts the connection without a close handshake, ending the reader,
+// the writer and any close handshake in progress.
+func (s *session) kill() {
+	s.cancel()
+	if s.netConn != nil {
+		s.netConn.Close()
+	}
 }
