@@ -43,13 +43,7 @@ func runFanout(cfg *config, ad adapter, size int) *Result {
 	ms, cs := b.connectAll(pool.specs, cfg.connectPar, cfg.setupTimeout)
 	pool.members = ms
 	defer func() { closeAll(pool.members) }()
-	res.Metrics["connect_s"] = cs.seconds
-	if cs.failed > 0 {
-		res.fail(fmt.Sprintf("%d of %d members failed to connect: %s", cs.failed, size, cs.firstErr))
-		return res
-	}
-	if err := pool.settle(); err != nil {
-		res.fail("setup: " + err.Error())
+	if !pool.ready(res, cs, size) {
 		return res
 	}
 	logf("fanout %s members=%d: %d connected in %.1fs", res.Label, size, size, cs.seconds)

@@ -46,13 +46,7 @@ func runMix(cfg *config, ad adapter) *Result {
 	ms, cs := b.connectAll(pool.specs, cfg.connectPar, cfg.setupTimeout)
 	pool.members = ms
 	defer func() { closeAll(pool.members) }()
-	res.Metrics["connect_s"] = cs.seconds
-	if cs.failed > 0 {
-		res.fail(fmt.Sprintf("%d of %d members failed to connect: %s", cs.failed, total, cs.firstErr))
-		return res
-	}
-	if err := pool.settle(); err != nil {
-		res.fail("setup: " + err.Error())
+	if !pool.ready(res, cs, total) {
 		return res
 	}
 	logf("mix %s: %d members in %d rooms connected in %.1fs", res.Label, total, rooms, cs.seconds)

@@ -406,6 +406,22 @@ func (p *memberPool) allAlive() bool {
 }
 
 // settle heals the pool if needed and runs a barrier.
+// ready records how connecting the pool's members went and waits for the
+// pool to settle. It returns false, with res failed, when the run cannot go
+// on.
+func (p *memberPool) ready(res *Result, cs *connectStats, total int) bool {
+	res.Metrics["connect_s"] = cs.seconds
+	if cs.failed > 0 {
+		res.fail(fmt.Sprintf("%d of %d members failed to connect: %s", cs.failed, total, cs.firstErr))
+		return false
+	}
+	if err := p.settle(); err != nil {
+		res.fail("setup: " + err.Error())
+		return false
+	}
+	return true
+}
+
 func (p *memberPool) settle() error {
 	var state string
 	for attempt := 0; attempt < 3; attempt++ {

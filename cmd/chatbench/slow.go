@@ -65,13 +65,7 @@ func runSlow(cfg *config, ad adapter) *Result {
 	}
 	pool.members = ms
 	defer func() { closeAll(pool.members) }()
-	res.Metrics["connect_s"] = cs.seconds
-	if cs.failed > 0 {
-		res.fail(fmt.Sprintf("%d of %d members failed to connect: %s", cs.failed, size, cs.firstErr))
-		return res
-	}
-	if err := pool.settle(); err != nil {
-		res.fail("setup: " + err.Error())
+	if !pool.ready(res, cs, size) {
 		return res
 	}
 	logf("slow %s: %d members (%d slow) connected in %.1fs", res.Label, size, nSlow, cs.seconds)
