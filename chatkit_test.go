@@ -529,7 +529,7 @@ func TestDuplicateUsernames(t *testing.T) {
 }
 
 func TestIdleClientIsDropped(t *testing.T) {
-	_, base := testServer(t, WithPingInterval(20*time.Millisecond), WithIdleTimeout(100*time.Millisecond))
+	_, base := testServer(t, WithPingInterval(50*time.Millisecond), WithIdleTimeout(500*time.Millisecond))
 	alive, _ := join(t, base, "alive", "r")
 	// A connection nobody reads never answers pings.
 	silent := dialRaw(t, base, query("username", "silent", "room", "r"))
