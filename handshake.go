@@ -22,6 +22,7 @@ type HTTPError struct {
 	Message string
 }
 
+// Error returns e.Message.
 func (e HTTPError) Error() string { return e.Message }
 
 const (
