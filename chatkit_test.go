@@ -226,6 +226,28 @@ func TestJoinAndLeave(t *testing.T) {
 	}
 }
 
+func TestPresenceEventsCarryTheListOnlyForSeedStyleClients(t *testing.T) {
+	_, base := testServer(t)
+	seed, _ := join(t, base, "seed", "r")
+	v1 := dial(t, base, query("username", "v1", "room", "r"), Subprotocol)
+	if w := v1.expect(typeWelcome); !slices.Equal(w.ActiveUsers, []string{"seed", "v1"}) {
+		t.Fatalf("v1 welcome lists %v", w.ActiveUsers)
+	}
+	seed.expect(typeUserJoined) // seed's own
+	join(t, base, "Bob", "r")
+	if e := seed.nextOf(typeUserJoined); e.Username != "v1" || !slices.Equal(e.ActiveUsers, []string{"seed", "v1"}) {
+		t.Errorf("seed-style join event %s", e.raw)
+	}
+	if e := seed.nextOf(typeUserJoined); e.Username != "Bob" || !slices.Equal(e.ActiveUsers, []string{"Bob", "seed", "v1"}) {
+		t.Errorf("seed-style join event %s", e.raw)
+	}
+	for _, want := range []string{"v1", "Bob"} {
+		if e := v1.nextOf(typeUserJoined); e.Username != want || strings.Contains(e.raw, "active_users") {
+			t.Errorf("chatkit.v1 join event %s, want %s without active_users", e.raw, want)
+		}
+	}
+}
+
 func TestMessagesReachEveryMemberOfTheRoomOnly(t *testing.T) {
 	_, base := testServer(t)
 	a, _ := join(t, base, "a", "one")

@@ -47,8 +47,8 @@ export interface PresenceEvent {
   type: "user_joined" | "user_left";
   room: string;
   username: string;
-  /** Sorted. */
-  active_users: string[];
+  /** Sorted. Absent with the chatkit.v1 subprotocol (client.js offers it); `chat.users` is kept either way. */
+  active_users?: string[];
   timestamp: string;
 }
 

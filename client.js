@@ -1,9 +1,8 @@
 // chatkit browser client: a dependency-free ES module, no build step; types in client.d.ts.
 //   import { connect } from "/chatkit.js"; const chat = connect("/ws", { username, room });
-// Loaded as a module it also sets globalThis.ChatKit, for classic scripts from DOMContentLoaded on;
-// a classic <script src> cannot parse `export`, the last line, which a server may cut for one.
-// A handshake refused with HTTP 4xx shows in a browser only as close 1006 before open, like a network
-// failure, so it is retried with backoff (opts.maxRetries bounds it); username and room are checked first.
+// As a module it also sets globalThis.ChatKit; /chatkit.js?classic is served without the last
+// line (`export`), as a classic script. A handshake refused with HTTP 4xx looks like a network
+// failure to a browser, so it is retried (opts.maxRetries bounds it); names are checked first.
 
 class ChatError extends Error {
   /** @param {string} code @param {string} message @param {string} [clientMsgId] @param {number} [retryAfterMs] */
@@ -103,9 +102,11 @@ function connect(path, opts = {}) {
       case "chat_message": return message(m, false);
       case "ack": return settle(m.client_msg_id, m.id);
       case "user_joined":
-      case "user_left":
-        setUsers(m.active_users);
-        return emit(m.type === "user_joined" ? "join" : "leave", m);
+      case "user_left": { // chatkit.v1 omits active_users
+        const j = m.type === "user_joined", l = users.filter((u) => u !== m.username);
+        setUsers(m.active_users || (j ? [...l, m.username].sort() : l));
+        return emit(j ? "join" : "leave", m);
+      }
       case "typing": return emit("typing", m);
       case "error": {
         const err = new ChatError(m.code, m.error, m.client_msg_id, m.retry_after_ms);

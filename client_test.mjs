@@ -557,6 +557,20 @@ test("users: kept up to date from welcome, join and leave", () => {
   assert.equal(h.chat.limits.max_message_length, 500);
 });
 
+test("users: chatkit.v1 join and leave without active_users are applied to the list", () => {
+  const h = harness();
+  h.welcome({ active_users: ["Alice", "Carol"] });
+  const ev = { type: "user_joined", room: "general", username: "Bob", timestamp: "2026-11-28T07:30:00.120Z" };
+  h.recv(ev);
+  assert.deepEqual(h.chat.users, ["Alice", "Bob", "Carol"]);
+  h.recv(ev); // a repeated join does not list Bob twice
+  assert.deepEqual(h.chat.users, ["Alice", "Bob", "Carol"]);
+  h.recv({ ...ev, type: "user_left", username: "Carol" });
+  assert.deepEqual(h.chat.users, ["Alice", "Bob"]);
+  assert.deepEqual(h.of("join").map((e) => e.username), ["Bob", "Bob"]);
+  assert.deepEqual(h.of("leave").map((e) => e.username), ["Carol"]);
+});
+
 test("events: on() returns an unsubscribe; a throwing listener does not break the client", () => {
   const h = harness();
   const seen = [];

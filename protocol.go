@@ -102,7 +102,7 @@ type presenceEvent struct {
 	Type        string   `json:"type"`
 	Room        string   `json:"room"`
 	Username    string   `json:"username"`
-	ActiveUsers []string `json:"active_users"`
+	ActiveUsers []string `json:"active_users,omitempty"` // nil for chatkit.v1 clients
 	Timestamp   string   `json:"timestamp"`
 }
 

@@ -96,7 +96,7 @@ func (r *room) join(s *session, resume bool, since int64, epoch string) error {
 		Limits:           r.cfg.limits(),
 	}))
 	if first {
-		r.deliverLocked(r.presenceFrame(typeUserJoined, s.username), nil)
+		r.announceLocked(typeUserJoined, s.username)
 		if f := r.cfg.onJoin; f != nil {
 			r.hooks = append(r.hooks, func() { f(r.name, s.username) })
 		}
@@ -149,7 +149,7 @@ func (r *room) removeLocked(s *session) {
 		return
 	}
 	if !r.closing {
-		r.deliverLocked(r.presenceFrame(typeUserLeft, s.username), nil)
+		r.announceLocked(typeUserLeft, s.username)
 	}
 	if f := r.cfg.onLeave; f != nil {
 		r.hooks = append(r.hooks, func() { f(r.name, s.username) })
@@ -186,9 +186,19 @@ func (r *room) typing(s *session) {
 // It never waits on a client. A member whose queue is full is dropped as too
 // slow, and its leave delivered in turn.
 func (r *room) deliverLocked(frame []byte, skip *session) {
+	r.deliverEachLocked(frame, frame, skip)
+}
+
+// deliverEachLocked is deliverLocked with one frame for chatkit.v1 clients
+// and another for the others.
+func (r *room) deliverEachLocked(frame, v1Frame []byte, skip *session) {
 	var slow []*session
 	for _, s := range r.members {
-		if s != skip && !s.enqueue(frame) {
+		f := frame
+		if s.batch {
+			f = v1Frame
+		}
+		if s != skip && !s.enqueue(f) {
 			slow = append(slow, s)
 		}
 	}
@@ -197,14 +207,16 @@ func (r *room) deliverLocked(frame []byte, skip *session) {
 	}
 }
 
-func (r *room) presenceFrame(typ, username string) []byte {
-	return encode(presenceEvent{
-		Type:        typ,
-		Room:        r.name,
-		Username:    username,
-		ActiveUsers: r.presence.users(),
-		Timestamp:   formatTime(time.Now()),
-	})
+// announceLocked delivers a user_joined or user_left. Seed-style clients
+// get the room's whole member list with every such event, as the seed's
+// protocol has it; filling a room of n members then sends them O(n²)
+// names. chatkit.v1 clients get the event without the list and apply it to
+// the list of their welcome.
+func (r *room) announceLocked(typ, username string) {
+	ev := presenceEvent{Type: typ, Room: r.name, Username: username, Timestamp: formatTime(time.Now())}
+	v1Frame := encode(ev)
+	ev.ActiveUsers = r.presence.users()
+	r.deliverEachLocked(encode(ev), v1Frame, nil)
 }
 
 // runHooks runs the queued presence hooks outside mu, in the order they
