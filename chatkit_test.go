@@ -564,7 +564,25 @@ func TestIdleClientIsDropped(t *testing.T) {
 	if m := alive.nextOf(typeChat); m.Text != "still here" {
 		t.Errorf("got %s", m.raw)
 	}
-	_ = silent
+	// Reading at last, the silent client finds why it was closed.
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	for {
+		if _, _, err := silent.Read(ctx); err != nil {
+			if code, reason := websocket.CloseStatus(err), closeReason(err); code != websocket.StatusGoingAway || reason != "idle timeout" {
+				t.Errorf("silent client closed with %d %q, want 1001 \"idle timeout\"", code, reason)
+			}
+			break
+		}
+	}
+}
+
+func closeReason(err error) string {
+	var ce websocket.CloseError
+	if errors.As(err, &ce) {
+		return ce.Reason
+	}
+	return ""
 }
 
 func TestSlowClientIsDroppedWhileOthersGetEverything(t *testing.T) {
