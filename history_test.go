@@ -6,8 +6,8 @@ import (
 	"testing"
 )
 
-func TestMemoryHistory(t *testing.T) {
-	h := newMemoryHistory(3)
+func TestRingKeepsTheNewestAndIndexesClientIDs(t *testing.T) {
+	h := newRing(3, "e")
 	add := func(user, cmid string) (int64, bool) {
 		m, dup := h.add(Message{Username: user, Text: fmt.Sprint(user, cmid), ClientMsgID: cmid})
 		return m.ID, dup
@@ -33,12 +33,12 @@ func TestMemoryHistory(t *testing.T) {
 	if id, dup := add("b", "1"); id != 6 || dup {
 		t.Errorf("retry of an evicted message = %d, %v; want 6, false", id, dup)
 	}
-	msgs, truncated := h.since(0)
+	msgs, truncated := h.after(0, 10), h.truncated(0)
 	var ids []int64
 	for _, m := range msgs {
 		ids = append(ids, m.ID)
 	}
-	if !slices.Equal(ids, []int64{4, 5, 6}) || !truncated || h.len() != 3 || h.lastID() != 6 {
+	if !slices.Equal(ids, []int64{4, 5, 6}) || !truncated || h.len() != 3 || h.last != 6 {
 		t.Errorf("since(0) = %v, %v; len %d, last %d", ids, truncated, h.len(), h.lastID())
 	}
 	if len(h.byClient) != 2 {

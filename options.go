@@ -40,6 +40,10 @@ type config struct {
 	onMessage     func(context.Context, *Message) error
 	onJoin        func(room, username string)
 	onLeave       func(room, username string)
+	store         Store  // nil: a MemoryStore of historySize, made by New
+	broker        Broker // nil: a single-node broker, made by New
+	adapter       bool   // store and broker are one Adapter whose Append publishes
+	storeTimeout  time.Duration
 }
 
 func defaultConfig() config {
@@ -57,6 +61,7 @@ func defaultConfig() config {
 		logger:        slog.Default(),
 		roomTTL:       time.Hour,
 		maxRooms:      10000,
+		storeTimeout:  3 * time.Second,
 	}
 }
 
@@ -264,4 +269,49 @@ func WithOnJoin(f func(room, username string)) Option {
 // Shutdown. Calls follow the same rules as WithOnJoin.
 func WithOnLeave(f func(room, username string)) Option {
 	return func(c *config) { c.onLeave = f }
+}
+
+// WithStore sets where rooms keep their messages and draw their ids
+// (default: a MemoryStore of WithHistorySize messages per room, lost when
+// the process ends). Several Servers given one shared store, and brokers
+// that connect them, serve one chat. WithHistorySize still bounds what a
+// welcome carries. A nil store panics.
+func WithStore(st Store) Option {
+	if st == nil {
+		badOption("WithStore", "nil", "the store must not be nil")
+	}
+	return func(c *config) { c.store, c.adapter = st, false }
+}
+
+// WithBroker sets how this Server exchanges events and presence with the
+// other nodes of the chat (default: none, a single node). After each
+// message it stores, the Server publishes it through the broker. A nil
+// broker panics.
+func WithBroker(b Broker) Option {
+	if b == nil {
+		badOption("WithBroker", "nil", "the broker must not be nil")
+	}
+	return func(c *config) { c.broker, c.adapter = b, false }
+}
+
+// WithAdapter sets the store and the broker to a, whose Append publishes
+// each message it stores itself (see Adapter), so that the Server does not
+// publish it a second time. A nil adapter panics.
+func WithAdapter(a Adapter) Option {
+	if a == nil {
+		badOption("WithAdapter", "nil", "the adapter must not be nil")
+	}
+	return func(c *config) { c.store, c.broker, c.adapter = a, a, true }
+}
+
+// WithStoreTimeout bounds every call to the store and the broker (default
+// 3s). A message that cannot be stored within it gets the error event
+// "unavailable", and a handshake that cannot be served within it HTTP 503,
+// so that nobody waits longer than this for an answer when Redis or the
+// database is down. Must be positive.
+func WithStoreTimeout(d time.Duration) Option {
+	if d <= 0 {
+		badOption("WithStoreTimeout", d, "must be positive")
+	}
+	return func(c *config) { c.storeTimeout = d }
 }

@@ -24,6 +24,9 @@ type Message struct {
 	Text string
 	// ClientMsgID is the sender's own id for the message, if it gave one.
 	ClientMsgID string
+	// Epoch names the room's id sequence that ID belongs to (see
+	// RoomState); set by the Store.
+	Epoch string
 	// Time is when the server received the message.
 	Time time.Time
 }

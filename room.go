@@ -1,7 +1,6 @@
 package chatkit
 
 import (
-	"crypto/rand"
 	"errors"
 	"sync"
 	"time"
@@ -30,7 +29,7 @@ type room struct {
 	mu       sync.Mutex
 	members  []*session // in no particular order; session.index is the position
 	presence presence
-	hist     history
+	hist     *ring
 	closing  bool // Shutdown has begun: no joins, no user_left
 
 	// Presence hooks queued under mu and run outside it, in order, by
@@ -40,13 +39,14 @@ type room struct {
 }
 
 func newRoom(name string, cfg *config) *room {
-	return &room{
+	r := &room{
 		name:     name,
-		epoch:    rand.Text()[:12],
+		epoch:    newEpoch(),
 		cfg:      cfg,
 		presence: newPresence(),
-		hist:     newMemoryHistory(cfg.historySize),
 	}
+	r.hist = newRing(cfg.historySize, r.epoch)
+	return r
 }
 
 // join adds s to the room, queues its welcome (with the history after since
@@ -70,15 +70,15 @@ func (r *room) join(s *session, resume bool, since int64, epoch string) error {
 	truncated := false
 	switch {
 	case !resume:
-		msgs, _ = r.hist.since(0)
-	case (epoch != "" && epoch != r.epoch) || since > r.hist.lastID():
+		msgs = r.hist.after(0, r.cfg.historySize)
+	case (epoch != "" && epoch != r.epoch) || since > r.hist.last:
 		// The client's ids come from another incarnation of the room: its
 		// position means nothing here, so it gets everything kept and is
 		// told it has a gap.
-		msgs, _ = r.hist.since(0)
+		msgs = r.hist.after(0, r.cfg.historySize)
 		truncated = true
 	default:
-		msgs, truncated = r.hist.since(since)
+		msgs, truncated = r.hist.after(since, r.cfg.historySize), r.hist.truncated(since)
 	}
 	history := make([]chatEvent, len(msgs))
 	for i, m := range msgs {
