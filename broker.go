@@ -29,10 +29,11 @@ type Broker interface {
 	// unsubscribe is called. A node subscribes to a room while it has
 	// members there. Calls for one room are not concurrent and keep the
 	// order in which the broker received the events; deliver returns
-	// quickly. Whenever the subscription starts again after a break
-	// (such as a reconnect to Redis), the broker delivers an EventReset,
-	// after which the Server reads what it may have missed from the Store
-	// and the broker's Members.
+	// quickly. Once the subscription is in place, and again whenever it
+	// is back after a break (such as a reconnect to Redis), the broker
+	// delivers an EventReset: events published before it may have been
+	// missed, and the Server reads them from the Store and the broker's
+	// Members.
 	Subscribe(room string, deliver func(Event)) (unsubscribe func())
 
 	// Join records a session in the room's presence and reports whether
@@ -239,6 +240,7 @@ func (b *memoryBroker) Subscribe(room string, deliver func(Event)) func() {
 		b.subs[room] = make(map[*memorySub]bool)
 	}
 	b.subs[room][s] = true
+	b.post(Event{Kind: EventReset, Room: room}) // in place at once
 	return func() {
 		b.hub.mu.Lock()
 		defer b.hub.mu.Unlock()
