@@ -96,21 +96,31 @@ func BenchmarkBroadcast(b *testing.B) {
 	for _, members := range []int{100, 1000, 5000} {
 		b.Run(fmt.Sprint(members, "members"), func(b *testing.B) {
 			srv := New(WithLogger(nil), WithHistorySize(100))
-			r := newRoom("bench", &srv.cfg)
+			r := newRoom("bench", srv)
+			if err := r.hold(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+			defer r.unhold()
 			for i := range members {
 				s := newSession(srv, r, fmt.Sprint("u", i))
 				defer s.cancel()
 				s.writing = true // no writer goroutine: the loop drains the queues
+				if _, err := srv.broker.Join(context.Background(), Member{"bench", s.username, s.id}, false); err != nil {
+					b.Fatal(err)
+				}
+				r.mu.Lock()
 				s.index = len(r.members)
 				r.members = append(r.members, s)
 				r.presence.add(s.username)
+				r.mu.Unlock()
 			}
+			ctx := context.Background()
 			m := Message{Room: "bench", Username: "u0", Text: strings.Repeat("x", 100)}
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
 			b.ResetTimer()
 			for b.Loop() {
-				r.publish(m)
+				srv.publish(ctx, r, m, ack{})
 				for _, s := range r.members {
 					s.mu.Lock()
 					s.queue = s.queue[:0]

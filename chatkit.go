@@ -46,6 +46,8 @@ var errTooManyRooms = errors.New("too many rooms")
 type Server struct {
 	cfg       config
 	readLimit int64
+	store     Store
+	broker    Broker
 
 	mu        sync.Mutex
 	rooms     map[string]*room
@@ -66,8 +68,17 @@ func New(opts ...Option) *Server {
 		o(&cfg)
 	}
 	cfg.validate()
+	store, broker := cfg.store, cfg.broker
+	if store == nil {
+		store = NewMemoryStore(cfg.historySize)
+	}
+	if broker == nil {
+		broker = newMemoryBroker()
+	}
 	return &Server{
-		cfg: cfg,
+		cfg:    cfg,
+		store:  store,
+		broker: broker,
 		// A maximum-length message must fit however it is encoded: JSON
 		// may \u-escape every character, 12 bytes for a character
 		// outside the BMP, and so may the client_msg_id; 1 KiB covers
@@ -160,6 +171,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.release(rm)
+	ctx, cancel := s.storeContext(r.Context())
+	err = rm.hold(ctx)
+	cancel()
+	if err != nil {
+		s.cfg.logger.Warn("chatkit: store or broker unavailable", "room", roomName, "err", err)
+		refuse(w, http.StatusServiceUnavailable, "chat is unavailable: its store did not answer; retry later")
+		return
+	}
+	defer rm.unhold()
 	sess := newSession(s, rm, username)
 	hw := &hijackRecorder{ResponseWriter: w}
 	conn, err := websocket.Accept(hw, r, &websocket.AcceptOptions{
@@ -257,7 +277,7 @@ func (s *Server) acquire(name string) (*room, error) {
 		if len(s.rooms) >= s.cfg.maxRooms && !s.evictLocked() {
 			return nil, errTooManyRooms
 		}
-		r = newRoom(name, &s.cfg)
+		r = newRoom(name, s)
 		s.rooms[name] = r
 	}
 	r.refs++
@@ -279,8 +299,8 @@ func (s *Server) release(r *room) {
 	if r.refs > 0 {
 		return
 	}
-	if s.closing || s.cfg.roomTTL == 0 || r.historyLen() == 0 {
-		delete(s.rooms, r.name)
+	if s.closing || s.cfg.roomTTL == 0 || !r.keepsHistory() {
+		s.freeLocked(r)
 		return
 	}
 	r.emptySince = time.Now()
@@ -292,8 +312,22 @@ func (s *Server) expire(r *room) {
 	defer s.mu.Unlock()
 	// The timer may have fired just as the room was taken again.
 	if s.rooms[r.name] == r && r.refs == 0 && time.Since(r.emptySince) >= s.cfg.roomTTL {
-		delete(s.rooms, r.name)
+		s.freeLocked(r)
 	}
+}
+
+// freeLocked drops a room from memory, and from the store if the store is
+// this Server's own memory store.
+func (s *Server) freeLocked(r *room) {
+	delete(s.rooms, r.name)
+	if st, ok := s.store.(interface{ Forget(string) }); ok {
+		st.Forget(r.name)
+	}
+}
+
+// storeContext bounds a call to the store or the broker.
+func (s *Server) storeContext(parent context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(parent, s.cfg.storeTimeout)
 }
 
 // evictLocked frees the room that has been empty longest, if any room is
@@ -309,7 +343,7 @@ func (s *Server) evictLocked() bool {
 		return false
 	}
 	victim.expiry.Stop()
-	delete(s.rooms, victim.name)
+	s.freeLocked(victim)
 	return true
 }
 
@@ -344,8 +378,40 @@ func (s *Server) Broadcast(room, text string) (Message, error) {
 		return Message{}, ErrServerClosed
 	}
 	defer s.release(r)
-	m, _ := r.publish(Message{Room: room, Username: s.cfg.systemName, Text: text, Time: time.Now()})
+	ctx, cancel := s.storeContext(context.Background())
+	defer cancel()
+	m, _, err := s.publish(ctx, r, Message{Room: room, Username: s.cfg.systemName, Text: text, Time: time.Now()}, ack{})
+	if err != nil {
+		return Message{}, fmt.Errorf("chatkit: storing the message: %w", err)
+	}
 	return m, nil
+}
+
+// publish stores m, delivers it to the room's members on this node and
+// publishes it to the other nodes. The ack is queued once the message is
+// delivered here, or at once for a duplicate.
+func (s *Server) publish(ctx context.Context, r *room, m Message, a ack) (Message, bool, error) {
+	stored, dup, err := s.store.Append(ctx, m)
+	if err != nil {
+		return Message{}, false, err
+	}
+	if dup {
+		a.frame = encode(ackEvent{Type: typeAck, ClientMsgID: stored.ClientMsgID, ID: stored.ID})
+		a.send()
+		return stored, true, nil
+	}
+	if a.s != nil {
+		a.frame = encode(ackEvent{Type: typeAck, ClientMsgID: stored.ClientMsgID, ID: stored.ID})
+	}
+	r.offer(stored, a)
+	if !s.cfg.adapter {
+		if err := s.broker.Publish(ctx, Event{Kind: EventMessage, Room: stored.Room, Message: &stored}); err != nil {
+			// Stored, so the other nodes read it from the store when
+			// they next see a message or a reset.
+			s.cfg.logger.Warn("chatkit: publishing a message failed", "room", stored.Room, "err", err)
+		}
+	}
+	return stored, false, nil
 }
 
 // ActiveUsers returns the users present in room, sorted, or nil if the

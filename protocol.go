@@ -49,6 +49,7 @@ const (
 	codeRateLimited = "rate_limited"
 	codeBadRequest  = "bad_request"
 	codeRejected    = "rejected"
+	codeUnavailable = "unavailable"
 )
 
 // Close codes and reasons. Reasons are constants: a close reason must stay
@@ -61,13 +62,15 @@ const (
 	closeDisconnected  = "disconnected"
 	closeBinary        = "binary frames are not supported"
 	closeInvalidUTF8   = "invalid UTF-8"
+	closeUnavailable   = "try again later"
 )
 
 const (
-	statusPolicy      = websocket.StatusPolicyViolation         // 1008
-	statusGoingAway   = websocket.StatusGoingAway               // 1001
-	statusUnsupported = websocket.StatusUnsupportedData         // 1003
-	statusInvalidData = websocket.StatusInvalidFramePayloadData // 1007
+	statusPolicy        = websocket.StatusPolicyViolation         // 1008
+	statusGoingAway     = websocket.StatusGoingAway               // 1001
+	statusUnsupported   = websocket.StatusUnsupportedData         // 1003
+	statusInvalidData   = websocket.StatusInvalidFramePayloadData // 1007
+	statusTryAgainLater = websocket.StatusTryAgainLater           // 1013
 )
 
 // maxClientMsgID is the longest accepted client_msg_id, in characters.

@@ -1,36 +1,83 @@
 package chatkit
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"time"
 )
 
-var (
-	errUsernameTaken = errors.New("username taken")
-	errRoomClosed    = errors.New("room closed")
-)
+var errRoomClosed = errors.New("room closed")
 
-// A room owns its sessions, its presence and its history. Everything in it
-// is guarded by mu, which is never held while writing to a socket: frames
-// only go into session queues under it. Taking mu for every publish gives
-// each room one total order: ids are assigned and frames queued in the same
-// critical section, so every member sees the room's messages in id order.
+// gapWait is how long a room holds a message whose predecessors have not
+// arrived before it reads them from the store. On one node a gap lasts as
+// long as two senders take to hand over their messages (microseconds); in
+// a cluster it is a lost or delayed publication.
+const gapWait = 50 * time.Millisecond
+
+// retryWait is how long a room waits before asking a store that failed
+// again.
+const retryWait = time.Second
+
+// fillPage is how many messages a room reads from the store at a time
+// when it fills a gap.
+const fillPage = 1000
+
+// maxPending bounds the messages a room holds while it waits for earlier
+// ones; past it, later messages are left to the store.
+const maxPending = 10000
+
+// A room is this node's view of one chat room: its local sessions, who is
+// present on any node, and the newest messages it delivered. Everything in
+// it is guarded by mu, which is never held while writing to a socket or
+// talking to the store or the broker: frames only go into session queues
+// under it.
+//
+// The store is the source of truth and the broker a best-effort transport,
+// so a room delivers messages strictly in id order: a message whose
+// predecessors have not arrived waits in pending, and after gapWait the
+// room reads the missing ones from the store. Every member therefore sees
+// the room's messages in one order, with no gap and no repeat, whichever
+// node they came through.
 type room struct {
-	name  string
-	epoch string // identifies this incarnation of the room; ids restart with it
-	cfg   *config
+	name string
+	srv  *Server
+	cfg  *config
 
 	// Lifetime fields, guarded by Server.mu, not by mu.
 	refs       int       // sessions and broadcasts using the room
 	emptySince time.Time // when refs last fell to 0
 	expiry     *time.Timer
 
-	mu       sync.Mutex
-	members  []*session // in no particular order; session.index is the position
-	presence presence
-	hist     *ring
-	closing  bool // Shutdown has begun: no joins, no user_left
+	// load serialises loading and unloading, which talk to the store and
+	// the broker; deliveries never take it.
+	load        sync.Mutex
+	holders     int    // sessions that need the room loaded; guarded by load
+	unsubscribe func() // guarded by load
+
+	// presenceMu serialises this node's presence changes in the room
+	// (Broker.Join and Leave with what follows locally), so that their
+	// results are applied in the order the broker decided them. Only
+	// joins and leaves of this room wait on it, never deliveries.
+	presenceMu sync.Mutex
+
+	mu         sync.Mutex
+	loaded     bool
+	loading    bool
+	generation int     // counts loads, so that a fill of an earlier one stops
+	early      []Event // events received while loading
+	epoch      string
+	hist       *ring // the newest messages delivered; hist.last is the newest delivered id
+	hasHistory bool  // a message was stored here through this node, or the store had some
+	pending    map[int64]pendingMessage
+	gapTimer   *time.Timer
+	filling    bool
+	refill     bool // a fill was asked for while one ran
+	members    []*session
+	presence   presence       // users present on any node
+	leaving    map[string]int // sessions per user whose Broker.Leave is in progress
+	left       chan struct{}  // closed and replaced when a Leave completes
+	closing    bool           // Shutdown has begun: no joins, no user_left
 
 	// Presence hooks queued under mu and run outside it, in order, by
 	// runHooks.
@@ -38,34 +85,198 @@ type room struct {
 	hooksRunning bool
 }
 
-func newRoom(name string, cfg *config) *room {
-	r := &room{
-		name:     name,
-		epoch:    newEpoch(),
-		cfg:      cfg,
-		presence: newPresence(),
-	}
-	r.hist = newRing(cfg.historySize, r.epoch)
-	return r
+// pendingMessage is a message waiting for its predecessors, and the ack
+// to queue for its sender once it is delivered.
+type pendingMessage struct {
+	msg Message
+	ack ack
 }
 
-// join adds s to the room, queues its welcome (with the history after since
-// when resume is true), and announces the user if this is their first
-// session. epoch is the room incarnation the client last saw, or "".
-func (r *room) join(s *session, resume bool, since int64, epoch string) error {
+// ack is an ack frame owed to a session, if s is not nil.
+type ack struct {
+	s     *session
+	frame []byte
+}
+
+func (a ack) send() {
+	if a.s != nil {
+		a.s.enqueueOrDrop(a.frame)
+	}
+}
+
+func newRoom(name string, srv *Server) *room {
+	return &room{
+		name:     name,
+		srv:      srv,
+		cfg:      &srv.cfg,
+		presence: newPresence(),
+		hist:     newRing(srv.cfg.historySize, ""),
+		pending:  make(map[int64]pendingMessage),
+		leaving:  make(map[string]int),
+		left:     make(chan struct{}),
+	}
+}
+
+// hold loads the room if this is its first holder: it subscribes to the
+// room's events, then reads its newest messages and its presence, so that
+// nothing published after the read is missed. The matching unhold lets it
+// go.
+func (r *room) hold(ctx context.Context) error {
+	r.load.Lock()
+	defer r.load.Unlock()
+	if r.holders > 0 {
+		r.holders++
+		return nil
+	}
+	r.mu.Lock()
+	r.loading = true
+	r.mu.Unlock()
+	unsubscribe := r.srv.broker.Subscribe(r.name, r.receive)
+	st, msgs, err := r.srv.store.Latest(ctx, r.name, r.cfg.historySize)
+	var users []string
+	if err == nil {
+		users, err = r.srv.broker.Members(ctx, r.name)
+	}
+	if err != nil {
+		unsubscribe()
+		r.mu.Lock()
+		r.loading = false
+		r.early = nil
+		r.mu.Unlock()
+		return err
+	}
+	r.holders, r.unsubscribe = 1, unsubscribe
+
+	r.mu.Lock()
+	defer r.runHooks()
+	defer r.mu.Unlock()
+	r.loaded, r.loading = true, false
+	r.generation++
+	r.resetLocked(st, msgs)
+	r.presence = newPresence()
+	for _, u := range users {
+		r.presence.add(u)
+	}
+	early := r.early
+	r.early = nil
+	for _, ev := range early {
+		r.receiveLocked(ev)
+	}
+	return nil
+}
+
+// unhold lets go of a room taken with hold; the last holder unsubscribes.
+func (r *room) unhold() {
+	r.load.Lock()
+	defer r.load.Unlock()
+	r.holders--
+	if r.holders > 0 {
+		return
+	}
+	r.unsubscribe()
+	r.unsubscribe = nil
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.loaded = false
+	clear(r.pending)
+	if r.gapTimer != nil {
+		r.gapTimer.Stop()
+		r.gapTimer = nil
+	}
+}
+
+// resetLocked makes the room's delivered history the store's: the newest
+// messages msgs of state st.
+func (r *room) resetLocked(st RoomState, msgs []Message) {
+	r.epoch = st.Epoch
+	if len(msgs) == 0 {
+		r.hist.reset(st.Epoch, st.LastID)
+	} else {
+		r.hist.reset(st.Epoch, msgs[0].ID-1)
+		for _, m := range msgs {
+			r.keepLocked(m)
+		}
+	}
+	if st.LastID > 0 && r.cfg.historySize > 0 {
+		r.hasHistory = true
+	}
+	for id, p := range r.pending {
+		if id <= r.hist.last || p.msg.Epoch != r.epoch {
+			delete(r.pending, id)
+			p.ack.send()
+		}
+	}
+}
+
+// keepLocked puts m in the delivered history, restarting it after a gap
+// the store could not fill.
+func (r *room) keepLocked(m Message) {
+	if m.ID != r.hist.last+1 {
+		r.hist.reset(r.epoch, m.ID-1)
+	}
+	r.hist.put(m)
+}
+
+// enter makes s's user present (Broker.Join) and adds s to the room with
+// its welcome. It first waits for this node's leaves of the same user in
+// progress, so that a client that reconnects at once is not refused as a
+// duplicate of its own previous session.
+func (r *room) enter(ctx context.Context, s *session, resume bool, since int64, epoch string) error {
+	for {
+		r.presenceMu.Lock()
+		r.mu.Lock()
+		busy, left := r.leaving[s.username] > 0, r.left
+		r.mu.Unlock()
+		if !busy {
+			break
+		}
+		r.presenceMu.Unlock()
+		select {
+		case <-left:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	defer r.presenceMu.Unlock()
+	m := Member{Room: r.name, Username: s.username, Session: s.id}
+	first, err := r.srv.broker.Join(ctx, m, !r.cfg.duplicates)
+	if err != nil {
+		return err
+	}
+	if err := r.join(s, first, resume, since, epoch); err != nil {
+		r.srv.broker.Leave(ctx, m)
+		return err
+	}
+	return nil
+}
+
+// join adds s to the room and queues its welcome (with the history after
+// since when resume is true). first says whether its user just became
+// present, which the room then announces. epoch is the room incarnation
+// the client last saw, or "".
+func (r *room) join(s *session, first, resume bool, since int64, epoch string) error {
 	r.mu.Lock()
 	defer r.runHooks()
 	defer r.mu.Unlock()
 	if r.closing {
 		return errRoomClosed
 	}
-	if !r.cfg.duplicates && r.presence.has(s.username) {
-		return errUsernameTaken
-	}
 	s.index = len(r.members)
 	r.members = append(r.members, s)
-	first := r.presence.add(s.username)
+	r.presence.add(s.username)
+	s.enqueue(r.welcomeLocked(s, resume, since, epoch))
+	if first {
+		r.announceLocked(typeUserJoined, s.username)
+		if f := r.cfg.onJoin; f != nil {
+			r.hooks = append(r.hooks, func() { f(r.name, s.username) })
+		}
+	}
+	return nil
+}
 
+// welcomeLocked encodes the welcome of s: the history after since when
+// resume is true, else all of it.
+func (r *room) welcomeLocked(s *session, resume bool, since int64, epoch string) []byte {
 	var msgs []Message
 	truncated := false
 	switch {
@@ -84,24 +295,17 @@ func (r *room) join(s *session, resume bool, since int64, epoch string) error {
 	for i, m := range msgs {
 		history[i] = newChatEvent(m)
 	}
-	s.enqueue(encode(welcomeEvent{
+	return encode(welcomeEvent{
 		Type:             typeWelcome,
 		Room:             r.name,
 		Username:         s.username,
 		SessionID:        s.id,
 		Epoch:            r.epoch,
-		ActiveUsers:      r.presence.users(),
+		ActiveUsers:      r.presence.list(),
 		History:          history,
 		HistoryTruncated: truncated,
 		Limits:           r.cfg.limits(),
-	}))
-	if first {
-		r.announceLocked(typeUserJoined, s.username)
-		if f := r.cfg.onJoin; f != nil {
-			r.hooks = append(r.hooks, func() { f(r.name, s.username) })
-		}
-	}
-	return nil
+	})
 }
 
 // leave removes s from the room if it is still there; see removeLocked.
@@ -112,9 +316,8 @@ func (r *room) leave(s *session) {
 	r.runHooks()
 }
 
-// drop removes s from the room, announcing its leave to the others at once,
-// and makes its connection close with the given reason after whatever it is
-// writing now.
+// drop removes s from the room and makes its connection close with the
+// given reason after whatever it is writing now.
 func (r *room) drop(s *session, reason string) {
 	r.mu.Lock()
 	r.dropLocked(s, reason)
@@ -131,9 +334,9 @@ func (r *room) dropLocked(s *session, reason string) {
 	r.removeLocked(s)
 }
 
-// removeLocked takes s out of the room. If s was the user's last session,
-// the others get user_left (unless the server is shutting down) and the
-// leave hook is queued. Removing a session that is not a member does
+// removeLocked takes s out of the room and starts removing it from the
+// broker's presence; if it was its user's last session anywhere, the
+// others then get user_left. Removing a session that is not a member does
 // nothing, so every way a session can end may call it.
 func (r *room) removeLocked(s *session) {
 	if s.index < 0 {
@@ -145,30 +348,288 @@ func (r *room) removeLocked(s *session) {
 	r.members[last] = nil
 	r.members = r.members[:last]
 	s.index = -1
-	if !r.presence.remove(s.username) {
+	r.leaving[s.username]++
+	// The session holds the Server's wait group, so this Add cannot race
+	// with Shutdown's Wait.
+	r.srv.sessions.Add(1)
+	go r.exit(s)
+}
+
+// exit removes s from the broker's presence and, if its user is no longer
+// present anywhere, announces the leave.
+func (r *room) exit(s *session) {
+	defer r.srv.sessions.Done()
+	r.presenceMu.Lock()
+	defer r.presenceMu.Unlock()
+	ctx, cancel := r.srv.storeContext(context.Background())
+	last, err := r.srv.broker.Leave(ctx, Member{Room: r.name, Username: s.username, Session: s.id})
+	cancel()
+	if err != nil {
+		// The broker removes it later and tells every node then.
+		r.srv.cfg.logger.Warn("chatkit: presence leave failed", "room", r.name, "username", s.username, "session", s.id, "err", err)
+	}
+	r.mu.Lock()
+	if r.leaving[s.username]--; r.leaving[s.username] == 0 {
+		delete(r.leaving, s.username)
+	}
+	close(r.left)
+	r.left = make(chan struct{})
+	if last {
+		r.userLeftLocked(s.username, true)
+	}
+	r.mu.Unlock()
+	r.runHooks()
+}
+
+// userLeftLocked removes username from presence and announces it; the
+// leave hook runs for users whose session was on this node.
+func (r *room) userLeftLocked(username string, local bool) {
+	if !r.presence.remove(username) {
 		return
 	}
 	if !r.closing {
-		r.announceLocked(typeUserLeft, s.username)
+		r.announceLocked(typeUserLeft, username)
 	}
-	if f := r.cfg.onLeave; f != nil {
-		r.hooks = append(r.hooks, func() { f(r.name, s.username) })
+	if f := r.cfg.onLeave; f != nil && local {
+		r.hooks = append(r.hooks, func() { f(r.name, username) })
 	}
 }
 
-// publish stores m and delivers it to every member, the sender included.
-// It returns the stored message; dup is true when m repeats a client
-// message id that is still kept, in which case nothing is delivered and the
-// earlier message is returned.
-func (r *room) publish(m Message) (stored Message, dup bool) {
+// offer delivers a stored message, from this node or another, in id order.
+// The ack, if any, is queued for its sender right after the message has
+// been queued for every member.
+func (r *room) offer(m Message, a ack) {
 	r.mu.Lock()
 	defer r.runHooks()
 	defer r.mu.Unlock()
-	stored, dup = r.hist.add(m)
-	if !dup {
-		r.deliverLocked(encode(newChatEvent(stored)), nil)
+	r.offerLocked(m, a)
+}
+
+func (r *room) offerLocked(m Message, a ack) {
+	if r.cfg.historySize > 0 {
+		r.hasHistory = true
 	}
-	return stored, dup
+	if !r.loaded {
+		a.send()
+		return
+	}
+	switch {
+	case m.Epoch != r.epoch:
+		// Another id sequence: the store restarted the room, or this is
+		// a late message of the sequence before. The store says which.
+		a.send()
+		r.fillLocked()
+	case m.ID <= r.hist.last:
+		a.send() // delivered already, from the store or another node
+	case m.ID == r.hist.last+1:
+		r.deliverMessageLocked(m)
+		a.send()
+		r.drainPendingLocked()
+	case len(r.pending) < maxPending:
+		r.pending[m.ID] = pendingMessage{m, a}
+		if r.gapTimer == nil && !r.filling {
+			r.gapTimer = r.fillAfterLocked(gapWait)
+		}
+	default:
+		a.send() // the store has it; the fill brings it
+	}
+}
+
+func (r *room) deliverMessageLocked(m Message) {
+	r.keepLocked(m)
+	r.deliverLocked(encode(newChatEvent(m)), nil)
+}
+
+// drainPendingLocked delivers the held messages that are next in order.
+func (r *room) drainPendingLocked() {
+	for {
+		p, ok := r.pending[r.hist.last+1]
+		if !ok {
+			break
+		}
+		delete(r.pending, p.msg.ID)
+		r.deliverMessageLocked(p.msg)
+		p.ack.send()
+	}
+	if len(r.pending) == 0 && r.gapTimer != nil {
+		r.gapTimer.Stop()
+		r.gapTimer = nil
+	}
+}
+
+// fillLocked starts reading the store for what this node has not
+// delivered, unless a fill runs, which then goes round once more.
+func (r *room) fillLocked() {
+	if r.filling {
+		r.refill = true
+		return
+	}
+	if r.gapTimer != nil {
+		r.gapTimer.Stop()
+		r.gapTimer = nil
+	}
+	r.filling = true
+	gen := r.generation
+	r.srv.sessions.Add(1) // a loaded room has a member holding the group
+	go func() {
+		defer r.srv.sessions.Done()
+		r.fill(gen)
+	}()
+}
+
+// fillAfterLocked starts a fill after d, if the room is still loaded as
+// it is now.
+func (r *room) fillAfterLocked(d time.Duration) *time.Timer {
+	gen := r.generation
+	return time.AfterFunc(d, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.gapTimer = nil
+		if r.loaded && r.generation == gen {
+			r.fillLocked()
+		}
+	})
+}
+
+// fill reads from the store the messages after the newest delivered one
+// and delivers them, until it has caught up. If the store has another
+// epoch, the room's sequence restarted: the room takes the store's newest
+// messages and sends each member a new welcome. A store that fails is
+// asked again after retryWait.
+func (r *room) fill(gen int) {
+	r.mu.Lock()
+	for {
+		if !r.loaded || r.generation != gen {
+			r.filling = false
+			r.mu.Unlock()
+			return
+		}
+		r.refill = false
+		after, epoch := r.hist.last, r.epoch
+		r.mu.Unlock()
+
+		ctx, cancel := r.srv.storeContext(context.Background())
+		st, msgs, err := r.srv.store.After(ctx, r.name, after, fillPage)
+		if err == nil && st.Epoch != epoch {
+			st, msgs, err = r.srv.store.Latest(ctx, r.name, r.cfg.historySize)
+		}
+		cancel()
+
+		r.mu.Lock()
+		if !r.loaded || r.generation != gen {
+			continue
+		}
+		if err != nil {
+			r.srv.cfg.logger.Warn("chatkit: reading missed messages failed", "room", r.name, "err", err)
+			r.filling = false
+			r.gapTimer = r.fillAfterLocked(retryWait)
+			r.mu.Unlock()
+			return
+		}
+		if st.Epoch != r.epoch {
+			r.resyncLocked(st, msgs)
+		} else {
+			for _, m := range msgs {
+				if m.ID > r.hist.last {
+					r.deliverMessageLocked(m)
+				}
+			}
+			r.drainPendingLocked()
+		}
+		if len(msgs) < fillPage && !r.refill {
+			r.filling = false
+			if len(r.pending) > 0 && r.gapTimer == nil {
+				r.gapTimer = r.fillAfterLocked(gapWait)
+			}
+			r.mu.Unlock()
+			r.runHooks()
+			return
+		}
+	}
+}
+
+// resyncLocked restarts the room on the store's new id sequence and sends
+// every member a new welcome, as if it had reconnected: its ids are from
+// the old sequence, so it gets the whole kept history and is told so.
+func (r *room) resyncLocked(st RoomState, msgs []Message) {
+	old := r.epoch
+	r.resetLocked(st, msgs)
+	r.srv.cfg.logger.Info("chatkit: room restarted by the store", "room", r.name, "epoch", r.epoch)
+	var slow []*session
+	for _, s := range r.members {
+		if !s.enqueue(r.welcomeLocked(s, true, 0, old)) {
+			slow = append(slow, s)
+		}
+	}
+	for _, s := range slow {
+		r.dropLocked(s, closeTooSlow)
+	}
+}
+
+// receive takes an event of the room from the broker.
+func (r *room) receive(ev Event) {
+	r.mu.Lock()
+	defer r.runHooks()
+	defer r.mu.Unlock()
+	switch {
+	case r.loading:
+		if len(r.early) < maxPending {
+			r.early = append(r.early, ev)
+		}
+	case r.loaded:
+		r.receiveLocked(ev)
+	}
+}
+
+func (r *room) receiveLocked(ev Event) {
+	switch ev.Kind {
+	case EventMessage:
+		if ev.Message != nil {
+			r.offerLocked(*ev.Message, ack{})
+		}
+	case EventTyping:
+		r.deliverLocked(encode(typingEvent{Type: typeTyping, Room: r.name, Username: ev.Username}), nil)
+	case EventJoined:
+		if r.presence.add(ev.Username) {
+			r.announceLocked(typeUserJoined, ev.Username)
+		}
+	case EventLeft:
+		r.userLeftLocked(ev.Username, false)
+	case EventReset:
+		r.fillLocked()
+		r.srv.sessions.Add(1) // a loaded room has a member holding the group
+		go r.refreshPresence(r.generation)
+	}
+}
+
+// refreshPresence reads the room's presence from the broker after events
+// may have been lost, and announces what changed.
+func (r *room) refreshPresence(gen int) {
+	defer r.srv.sessions.Done()
+	ctx, cancel := r.srv.storeContext(context.Background())
+	users, err := r.srv.broker.Members(ctx, r.name)
+	cancel()
+	if err != nil {
+		return // the next EventReset tries again
+	}
+	r.mu.Lock()
+	defer r.runHooks()
+	defer r.mu.Unlock()
+	if !r.loaded || r.generation != gen {
+		return
+	}
+	now := make(map[string]bool, len(users))
+	for _, u := range users {
+		now[u] = true
+		if r.presence.add(u) {
+			r.announceLocked(typeUserJoined, u)
+		}
+	}
+	for _, u := range append([]string(nil), r.presence.list()...) {
+		if !now[u] && r.leaving[u] == 0 {
+			r.userLeftLocked(u, false)
+		}
+	}
 }
 
 // typing tells every member but s that s's user is typing.
@@ -181,9 +642,7 @@ func (r *room) typing(s *session) {
 }
 
 // deliverLocked queues one encoded frame to every member except skip. It
-// is the room's fan-out: the only place frames reach sessions, so that a
-// multi-node fan-out can take its place without touching the protocol code.
-// It never waits on a client. A member whose queue is full is dropped as too
+// never waits on a client. A member whose queue is full is dropped as too
 // slow, and its leave delivered in turn.
 func (r *room) deliverLocked(frame []byte, skip *session) {
 	r.deliverEachLocked(frame, frame, skip)
@@ -215,7 +674,7 @@ func (r *room) deliverEachLocked(frame, v1Frame []byte, skip *session) {
 func (r *room) announceLocked(typ, username string) {
 	ev := presenceEvent{Type: typ, Room: r.name, Username: username, Timestamp: formatTime(time.Now())}
 	v1Frame := encode(ev)
-	ev.ActiveUsers = r.presence.users()
+	ev.ActiveUsers = r.presence.list()
 	r.deliverEachLocked(encode(ev), v1Frame, nil)
 }
 
@@ -246,7 +705,10 @@ func (r *room) runHooks() {
 func (r *room) users() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]string(nil), r.presence.users()...)
+	if !r.loaded {
+		return nil
+	}
+	return append([]string(nil), r.presence.list()...)
 }
 
 // disconnect drops every session of username, announcing the leave.
@@ -267,7 +729,8 @@ func (r *room) disconnect(username string) int {
 }
 
 // shutdown closes the room to joins and tells every session to close with
-// 1001 after what is already queued for it. Leaves are not announced.
+// 1001 after what is already queued for it. Leaves are not announced here;
+// the broker tells the other nodes.
 func (r *room) shutdown() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -277,8 +740,9 @@ func (r *room) shutdown() {
 	}
 }
 
-func (r *room) historyLen() int {
+// keepsHistory reports whether freeing the room would lose messages.
+func (r *room) keepsHistory() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.hist.len()
+	return r.hasHistory
 }

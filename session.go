@@ -119,12 +119,19 @@ func (s *session) run(resume bool, since int64, epoch string) {
 	defer s.srv.track(s, false)
 
 	r := s.room
-	if err := r.join(s, resume, since, epoch); err != nil {
-		if errors.Is(err, errUsernameTaken) {
-			s.conn.Close(statusPolicy, closeUsernameTaken)
-		} else {
-			s.conn.Close(statusGoingAway, closeShutdown)
-		}
+	ctx, cancel := s.srv.storeContext(s.ctx)
+	err := r.enter(ctx, s, resume, since, epoch)
+	cancel()
+	switch {
+	case errors.Is(err, ErrUsernameTaken):
+		s.conn.Close(statusPolicy, closeUsernameTaken)
+		return
+	case errors.Is(err, errRoomClosed):
+		s.conn.Close(statusGoingAway, closeShutdown)
+		return
+	case err != nil:
+		s.srv.cfg.logger.Warn("chatkit: broker unavailable", "room", r.name, "session", s.id, "err", err)
+		s.conn.Close(statusTryAgainLater, closeUnavailable)
 		return
 	}
 	logger := s.srv.cfg.logger
@@ -181,6 +188,9 @@ func (s *session) handle(ctx context.Context, data []byte) {
 	case typeTyping:
 		if s.limiter.allowTyping(time.Now()) {
 			s.room.typing(s)
+			ctx, cancel := s.srv.storeContext(ctx)
+			s.srv.broker.Publish(ctx, Event{Kind: EventTyping, Room: s.room.name, Username: s.username})
+			cancel()
 		}
 	default:
 		s.sendError(codeBadRequest, fmt.Sprintf("unknown command type %q", truncate(cmd.Type, 32)), "")
@@ -216,9 +226,16 @@ func (s *session) chat(ctx context.Context, cmd command) {
 			return
 		}
 	}
-	stored, _ := s.room.publish(*m)
+	var a ack
 	if !cmd.raw {
-		s.enqueueOrDrop(encode(ackEvent{Type: typeAck, ClientMsgID: id, ID: stored.ID}))
+		a.s = s
+	}
+	storeCtx, cancel := s.srv.storeContext(ctx)
+	_, _, err := s.srv.publish(storeCtx, s.room, *m, a)
+	cancel()
+	if err != nil {
+		s.srv.cfg.logger.Warn("chatkit: storing a message failed", "room", s.room.name, "session", s.id, "err", err)
+		s.sendError(codeUnavailable, "the message could not be stored; it may have been: send it again with the same client_msg_id", id)
 	}
 }
 
