@@ -82,8 +82,11 @@ export interface StatusEvent {
  * Error codes: the server's `message_too_long`, `empty_message`, `rate_limited`, `bad_request`, `rejected`;
  * the client's `message_too_long` and `empty_message` (checked before sending), `queue_full`, `closed`
  * (send after close, or pending sends when close() is called), `bad_username`, `bad_room` (thrown by connect),
- * and the fatal ones that end the session: `username_taken` (close 1008), `protocol_error` (close 1003, 1007, 1009),
- * `connect_failed` (opts.maxRetries consecutive attempts failed).
+ * and the fatal ones that end the session: `username_taken` (close 1008; within a minute of a lost session it is
+ * retried instead, since a cluster node that died may still list that session), `protocol_error` (close 1003, 1007,
+ * 1009), `connect_failed` (opts.maxRetries consecutive attempts failed).
+ * The server's `unavailable` (its store did not answer) never rejects a send: the message stays queued and is sent
+ * again with backoff and the same client_msg_id, which the server stores at most once.
  */
 export class ChatError extends Error {
   name: "ChatError";

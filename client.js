@@ -41,6 +41,9 @@ function connect(path, opts = {}) {
   let ws, state = "connecting", timer, pace, closed = false, seen = false, attempt = 0, failures = 0;
   let welcomedAt = 0, lastId = 0, epoch, welcome = {}, limits = {}, users = [], me = name;
   let queue = [], tokens = 0, tokenAt = 0, typedAt = -Infinity, seq = 0;
+  // Until then a "username taken" close may be this client's own session, still present on a
+  // server node that died (the cluster removes it within its presence TTL): keep reconnecting.
+  let ghostUntil = 0, holdUntil = 0; // nothing is sent before holdUntil
 
   const emit = (ev, d) => {
     for (const f of [...(on[ev] || [])]) try { f(d); } catch (e) { (globalThis.reportError || console.error)(e); }
@@ -112,9 +115,14 @@ function connect(path, opts = {}) {
         const err = new ChatError(m.code, m.error, m.client_msg_id, m.retry_after_ms);
         const p = pending.get(m.client_msg_id);
         if (!p) return emit("error", err);
-        if (m.code === "rate_limited" && p.q) { // a queued one: wait and send it again
+        // unavailable: the server could not store it, and may have; the same client_msg_id makes
+        // a retry safe. A queued rate_limited one: wait and send it again.
+        const unavailable = m.code === "unavailable";
+        if (unavailable || (m.code === "rate_limited" && p.q)) {
+          const waitMs = unavailable ? 500 + backoff(p.tries = (p.tries || 0) + 1, o.random, 500, 10000) : m.retry_after_ms || 1000;
           tokens = 0;
-          tokenAt = o.now() + (m.retry_after_ms || 1000);
+          tokenAt = holdUntil = o.now() + waitMs;
+          p.q = true;
           queue.push(p);
           queue.sort((a, b) => a.seq - b.seq);
           return pump();
@@ -143,6 +151,11 @@ function connect(path, opts = {}) {
   function pump() {
     if (state !== "open" || pace) return;
     while (queue.length) {
+      const holdMs = holdUntil - o.now();
+      if (holdMs > 0) {
+        pace = T(() => { pace = null; pump(); }, holdMs);
+        return;
+      }
       refill();
       if (tokens < 1) {
         pace = T(() => { pace = null; pump(); }, Math.ceil(((1 - tokens) * 1000) / rate()));
@@ -157,7 +170,9 @@ function connect(path, opts = {}) {
     ws = null;
     C(pace);
     pace = null;
-    if (code === 1008 && reason === "username taken") return finish("username_taken", "username taken", code);
+    const ghost = o.now() < ghostUntil;
+    if (ok) ghostUntil = o.now() + 60000;
+    if (code === 1008 && reason === "username taken" && !ghost) return finish("username_taken", "username taken", code);
     if ([1003, 1007, 1009].includes(code)) return finish("protocol_error", reason || "close " + code, code);
     if (!ok && ++failures > o.maxRetries) return finish("connect_failed", "could not connect", code);
     if (welcomedAt && o.now() - welcomedAt >= 60000) attempt = 0; // stable for a minute

