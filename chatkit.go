@@ -48,6 +48,8 @@ type Server struct {
 	readLimit int64
 	store     Store
 	broker    Broker
+	clustered bool          // the broker connects other nodes: publish to it
+	typingOut chan struct{} // slots for typing notices being published
 
 	mu        sync.Mutex
 	rooms     map[string]*room
@@ -76,9 +78,11 @@ func New(opts ...Option) *Server {
 		broker = newMemoryBroker()
 	}
 	return &Server{
-		cfg:    cfg,
-		store:  store,
-		broker: broker,
+		cfg:       cfg,
+		store:     store,
+		broker:    broker,
+		clustered: cfg.broker != nil,
+		typingOut: make(chan struct{}, maxTypingOut),
 		// A maximum-length message must fit however it is encoded: JSON
 		// may \u-escape every character, 12 bytes for a character
 		// outside the BMP, and so may the client_msg_id; 1 KiB covers
@@ -325,6 +329,32 @@ func (s *Server) freeLocked(r *room) {
 	}
 }
 
+// maxTypingOut bounds the typing notices being published at once.
+const maxTypingOut = 64
+
+// publishTyping tells the other nodes that a user is typing, without
+// making the typer's reader wait for the broker: typing notices are best
+// effort, so past maxTypingOut in flight (a slow broker) they are dropped.
+// Called from a session's reader, which holds the sessions group.
+func (s *Server) publishTyping(room, username string) {
+	if !s.clustered {
+		return
+	}
+	select {
+	case s.typingOut <- struct{}{}:
+	default:
+		return
+	}
+	s.sessions.Add(1)
+	go func() {
+		defer s.sessions.Done()
+		ctx, cancel := s.storeContext(context.Background())
+		s.broker.Publish(ctx, Event{Kind: EventTyping, Room: room, Username: username})
+		cancel()
+		<-s.typingOut
+	}()
+}
+
 // storeContext bounds a call to the store or the broker.
 func (s *Server) storeContext(parent context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(parent, s.cfg.storeTimeout)
@@ -404,7 +434,7 @@ func (s *Server) publish(ctx context.Context, r *room, m Message, a ack) (Messag
 		a.frame = encode(ackEvent{Type: typeAck, ClientMsgID: stored.ClientMsgID, ID: stored.ID})
 	}
 	r.offer(stored, a)
-	if !s.cfg.adapter {
+	if s.clustered && !s.cfg.adapter {
 		if err := s.broker.Publish(ctx, Event{Kind: EventMessage, Room: stored.Room, Message: &stored}); err != nil {
 			// Stored, so the other nodes read it from the store when
 			// they next see a message or a reset.

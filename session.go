@@ -188,9 +188,7 @@ func (s *session) handle(ctx context.Context, data []byte) {
 	case typeTyping:
 		if s.limiter.allowTyping(time.Now()) {
 			s.room.typing(s)
-			ctx, cancel := s.srv.storeContext(ctx)
-			s.srv.broker.Publish(ctx, Event{Kind: EventTyping, Room: s.room.name, Username: s.username})
-			cancel()
+			s.srv.publishTyping(s.room.name, s.username)
 		}
 	default:
 		s.sendError(codeBadRequest, fmt.Sprintf("unknown command type %q", truncate(cmd.Type, 32)), "")
