@@ -3,13 +3,7 @@ module github.com/chatkit/chatkit
 go 1.26.8
 
 require (
-	github.com/chromedp/chromedp v0.23.0
 	github.com/coder/websocket v1.8.15
 	go.uber.org/goleak v1.3.0
 	golang.org/x/time v0.16.0
-)
-
-require (
-	github.com/chromedp/cdproto v0.159.0 // indirect
-	github.com/go-json-experiment/json v0.0.0-20260213210345-44df1a37e875 // indirect
 )

@@ -3,6 +3,7 @@
 //
 //	go run ./example            # then open http://localhost:8000/?user=Alice and ?user=Bob
 //	go run ./example -addr :9000 -history 500 -max-len 2000
+//	go run ./example -addr :8001 -redis redis://127.0.0.1:6379/0   # one of several nodes
 //
 // It uses chatkit's defaults unless a flag changes them, and on SIGINT or
 // SIGTERM closes every session with 1001 before stopping the HTTP server.
@@ -13,6 +14,7 @@ import (
 	_ "embed"
 	"errors"
 	"flag"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
@@ -22,6 +24,8 @@ import (
 	"time"
 
 	"github.com/chatkit/chatkit"
+	"github.com/chatkit/chatkit/redisadapter"
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/time/rate"
 )
 
@@ -37,6 +41,7 @@ func main() {
 	dups := flag.Bool("allow-duplicates", false, "let one username hold several sessions (tabs)")
 	origins := flag.String("origins", "", "comma-separated extra origin host patterns allowed to connect")
 	debug := flag.Bool("debug", false, "log every session")
+	redisURL := flag.String("redis", "", "share rooms, history and presence with other nodes through this Redis, e.g. redis://127.0.0.1:6379/0")
 	flag.Parse()
 
 	level := slog.LevelInfo
@@ -58,6 +63,15 @@ func main() {
 	}
 	if *origins != "" {
 		opts = append(opts, chatkit.WithOriginPatterns(strings.Split(*origins, ",")...))
+	}
+	if *redisURL != "" {
+		adapter, err := connectRedis(*redisURL, *history, logger)
+		if err != nil {
+			logger.Error("redis", "err", err)
+			os.Exit(1)
+		}
+		defer adapter.Close()
+		opts = append(opts, chatkit.WithAdapter(adapter))
 	}
 	chat := chatkit.New(opts...)
 
@@ -84,6 +98,26 @@ func main() {
 		os.Exit(1)
 	}
 	<-stopped
+}
+
+// connectRedis returns an adapter on the Redis at rawURL, once Redis has
+// answered a PING; it gives up after 5 seconds. Errors never show the
+// password.
+func connectRedis(rawURL string, history int, logger *slog.Logger) (*redisadapter.Adapter, error) {
+	ropts, err := redis.ParseURL(rawURL)
+	if err != nil {
+		return nil, errors.New("-redis: not a redis:// URL (redis://[:PASSWORD@]HOST:PORT/DB)")
+	}
+	ropts.MaxRetries = 1
+	client := redis.NewClient(ropts)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := client.Ping(ctx).Err(); err != nil {
+		client.Close()
+		return nil, fmt.Errorf("cannot reach Redis at %s: %v", ropts.Addr, err)
+	}
+	logger.Info("sharing the chat through Redis", "addr", ropts.Addr, "db", ropts.DB)
+	return redisadapter.New(client, redisadapter.WithHistorySize(history), redisadapter.WithLogger(logger)), nil
 }
 
 // newHandler serves the page at /, the chat at /ws and the client library

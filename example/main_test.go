@@ -1,9 +1,30 @@
 package main
 
 import (
+	"log/slog"
+	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestUnreachableRedisFailsFastWithAReadableError(t *testing.T) {
+	start := time.Now()
+	_, err := connectRedis("redis://:s3cret@127.0.0.1:1/0", 100, slog.New(slog.DiscardHandler))
+	if err == nil {
+		t.Fatal("connected to a closed port")
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("gave up after %v, want within 10 s", took)
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "cannot reach Redis at 127.0.0.1:1") || strings.Contains(msg, "s3cret") {
+		t.Errorf("error %q: want the address and never the password", msg)
+	}
+	if _, err := connectRedis("http://x", 100, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "redis://") {
+		t.Errorf("a bad URL: %v", err)
+	}
+}
