@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
@@ -69,7 +70,9 @@ func newPrefix(t *testing.T, c *redis.Client) string {
 
 func newAdapter(t *testing.T, c redis.UniversalClient, prefix string, opts ...redisadapter.Option) *redisadapter.Adapter {
 	t.Helper()
-	a := redisadapter.New(c, append([]redisadapter.Option{redisadapter.WithPrefix(prefix)}, opts...)...)
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	opts = append([]redisadapter.Option{redisadapter.WithPrefix(prefix), redisadapter.WithLogger(log)}, opts...)
+	a := redisadapter.New(c, opts...)
 	t.Cleanup(func() { a.Close() })
 	return a
 }
@@ -165,10 +168,13 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func TestStoreConformance(t *testing.T) {
+// TestConformance runs chatkit's contract tests; each subtest gets a
+// fresh prefix, so a fresh cluster.
+func TestConformance(t *testing.T) {
 	c := newClient(t)
-	chatkittest.RunStoreTests(t, func(t *testing.T) chatkit.Store {
-		return newAdapter(t, c, newPrefix(t, c))
+	chatkittest.RunAdapterTests(t, func(t *testing.T) (chatkit.Adapter, chatkit.Adapter) {
+		prefix := newPrefix(t, c)
+		return newAdapter(t, c, prefix), newAdapter(t, c, prefix)
 	})
 }
 

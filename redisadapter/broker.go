@@ -270,12 +270,13 @@ func (a *Adapter) subscribed(ch string) {
 	}
 }
 
-// Presence. A room's presence hash maps each session to its node and
-// user ("node\x00username"); its users hash counts each present user's
+// Presence. A room's presence hash maps each session, named
+// "username\x00session" since a session id is unique only with its user,
+// to its node and user ("node\x00username"); its users hash counts each present user's
 // sessions. The scripts keep the two in step, so exactly one Join of a
 // user reports first and exactly one removal of its sessions reports last.
 
-// joinScript: KEYS presence, users; ARGV session, node\x00user, user,
+// joinScript: KEYS presence, users; ARGV user\x00session, node\x00user, user,
 // exclusive, channel, joined event. Returns 1 first, 0 not, -1 taken.
 // Joining a session already there changes nothing, so that a retried or
 // repeated Join counts it once.
@@ -290,7 +291,7 @@ end
 return 0
 `)
 
-// leaveScript: KEYS presence, users; ARGV session, user, channel, left
+// leaveScript: KEYS presence, users; ARGV user\x00session, user, channel, left
 // event. Returns 1 if the session was its user's last.
 var leaveScript = redis.NewScript(`
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
@@ -325,6 +326,8 @@ for i = 1, #all, 2 do
 end
 return n
 `)
+
+func presenceField(m chatkit.Member) string { return m.Username + "\x00" + m.Session }
 
 func (a *Adapter) presenceKeys(room string) []string {
 	return []string{a.roomKey(room, "presence"), a.roomKey(room, "users")}
@@ -382,7 +385,7 @@ func (a *Adapter) join(ctx context.Context, m chatkit.Member, exclusive bool, ev
 	}
 	joined := a.encodeEvent(eventNode, chatkit.Event{Kind: chatkit.EventJoined, Room: m.Room, Username: m.Username})
 	r, err := joinScript.Run(ctx, a.rdb, a.presenceKeys(m.Room),
-		m.Session, a.node+"\x00"+m.Username, m.Username, ex, a.channel(m.Room), joined).Int()
+		presenceField(m), a.node+"\x00"+m.Username, m.Username, ex, a.channel(m.Room), joined).Int()
 	switch {
 	case err != nil:
 		return false, err
@@ -419,7 +422,7 @@ func (a *Adapter) Leave(ctx context.Context, m chatkit.Member) (bool, error) {
 func (a *Adapter) leave(ctx context.Context, m chatkit.Member, eventNode string) (bool, error) {
 	left := a.encodeEvent(eventNode, chatkit.Event{Kind: chatkit.EventLeft, Room: m.Room, Username: m.Username})
 	r, err := leaveScript.Run(ctx, a.rdb, a.presenceKeys(m.Room),
-		m.Session, m.Username, a.channel(m.Room), left).Int()
+		presenceField(m), m.Username, a.channel(m.Room), left).Int()
 	return r == 1, err
 }
 

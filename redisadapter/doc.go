@@ -15,7 +15,7 @@
 //	chatkit:{R}:meta      hash: epoch (names the id sequence), last (newest id)
 //	chatkit:{R}:msgs      sorted set: the newest messages (WithHistorySize) as JSON, scored by id
 //	chatkit:{R}:cmid      hash: "username\x00client_msg_id" -> id, for the kept messages only
-//	chatkit:{R}:presence  hash: session -> "node\x00username"
+//	chatkit:{R}:presence  hash: "username\x00session" -> "node\x00username"
 //	chatkit:{R}:users     hash: username -> number of its sessions, on any node
 //	chatkit:{R}:events    pub/sub channel of the room's events (JSON)
 //
