@@ -132,13 +132,17 @@ type Adapter struct {
 
 // New returns an Adapter that uses client, the application's own client:
 // a plain, Sentinel failover (both *redis.Client) or Cluster
-// (*redis.ClusterClient) one. Close the Adapter before the client; Close
+// (*redis.ClusterClient) one; a *redis.Ring panics. Close the Adapter before the client; Close
 // leaves the client open. New does not talk to Redis (a heartbeat does,
 // in the background), so it succeeds while Redis is down. A nil client
 // panics, as does an invalid option.
 func New(client redis.UniversalClient, opts ...Option) *Adapter {
 	if client == nil {
 		panic("redisadapter: New: nil client")
+	}
+	if _, ok := client.(*redis.Ring); ok {
+		// A Ring's pub/sub is per shard, and its shards share no slot map.
+		panic("redisadapter: New: a *redis.Ring is not supported; use a plain, failover or Cluster client")
 	}
 	cfg := defaultConfig()
 	for _, o := range opts {

@@ -20,7 +20,12 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain checks that no goroutine outlives its test but one of
+// go-redis's own: after a failed dial, a client's pool probes the server
+// for a while, even once the client is closed.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/redis/go-redis/v9/internal/pool.(*ConnPool).tryDial"))
+}
 
 // wait bounds every wait: a broken adapter fails a test instead of
 // hanging it.
@@ -54,18 +59,39 @@ func newClient(t *testing.T) *redis.Client {
 
 // newPrefix returns a prefix of the test's own, whose keys are deleted
 // when the test ends: the tests share the Redis and flush nothing.
-func newPrefix(t *testing.T, c *redis.Client) string {
+func newPrefix(t *testing.T, c redis.UniversalClient) string {
 	t.Helper()
 	prefix := "chatkittest-" + rand.Text()[:10]
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		defer cancel()
-		iter := c.Scan(ctx, 0, prefix+":*", 1000).Iterator()
-		for iter.Next(ctx) {
-			c.Del(ctx, iter.Val())
+		clean := func(ctx context.Context, c redis.UniversalClient) error {
+			iter := c.Scan(ctx, 0, prefix+":*", 1000).Iterator()
+			for iter.Next(ctx) {
+				c.Del(ctx, iter.Val())
+			}
+			return iter.Err()
+		}
+		if cc, ok := c.(*redis.ClusterClient); ok {
+			cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return clean(ctx, c) })
+		} else {
+			clean(ctx, c)
 		}
 	})
 	return prefix
+}
+
+// newClusterClient returns a client of the Redis Cluster whose nodes
+// CHATKIT_REDIS_CLUSTER lists (comma-separated host:port), or skips.
+func newClusterClient(t *testing.T) *redis.ClusterClient {
+	t.Helper()
+	addrs := os.Getenv("CHATKIT_REDIS_CLUSTER")
+	if addrs == "" {
+		t.Skip("set CHATKIT_REDIS_CLUSTER=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 to run the tests on a Redis Cluster")
+	}
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: strings.Split(addrs, ","), ContextTimeoutEnabled: true})
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 func newAdapter(t *testing.T, c redis.UniversalClient, prefix string, opts ...redisadapter.Option) *redisadapter.Adapter {
@@ -168,6 +194,48 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// TestCluster runs the tests that tell most on a Redis Cluster: each
+// room's scripts on its slot, the nodes' keys elsewhere, one pub/sub
+// connection for rooms of every shard.
+func TestCluster(t *testing.T) {
+	c := newClusterClient(t)
+	t.Run("conformance", func(t *testing.T) {
+		chatkittest.RunAdapterTests(t, func(t *testing.T) (chatkit.Adapter, chatkit.Adapter) {
+			prefix := newPrefix(t, c)
+			return newAdapter(t, c, prefix), newAdapter(t, c, prefix)
+		})
+	})
+	t.Run("rooms on every shard", func(t *testing.T) {
+		prefix := newPrefix(t, c)
+		a, b := newAdapter(t, c, prefix), newAdapter(t, c, prefix)
+		ctx := testContext(t)
+		shards := make(map[string]bool)
+		var recs []*recorder
+		for i := range 12 {
+			room := fmt.Sprint("room", i)
+			shard, err := c.MasterForKey(ctx, prefix+":{"+room+"}:meta")
+			if err != nil {
+				t.Fatal(err)
+			}
+			shards[shard.Options().Addr] = true
+			r := subscribe(t, b, room)
+			r.reset(t, "subscription of "+room)
+			recs = append(recs, r)
+		}
+		if len(shards) < 2 {
+			t.Fatalf("the rooms are on %d shard, want several", len(shards))
+		}
+		for i, r := range recs {
+			m, _ := appendMsg(t, a, fmt.Sprint("room", i), "alice", "hi", "")
+			if ev := r.next(t, "message"); ev.Kind != chatkit.EventMessage || !same(*ev.Message, m) {
+				t.Errorf("room%d: got %+v, want %+v", i, ev, m)
+			}
+		}
+	})
+	t.Run("concurrent appends", func(t *testing.T) { testConcurrentAppends(t, c) })
+	t.Run("dead node", func(t *testing.T) { testDeadNodeIsSwept(t, c) })
+}
+
 // TestConformance runs chatkit's contract tests; each subtest gets a
 // fresh prefix, so a fresh cluster.
 func TestConformance(t *testing.T) {
@@ -204,7 +272,10 @@ func latest(t *testing.T, s chatkit.Store, room string, n int) (chatkit.RoomStat
 }
 
 func TestConcurrentAppendsAcrossNodesAreGapFree(t *testing.T) {
-	c := newClient(t)
+	testConcurrentAppends(t, newClient(t))
+}
+
+func testConcurrentAppends(t *testing.T, c redis.UniversalClient) {
 	prefix := newPrefix(t, c)
 	nodes := []*redisadapter.Adapter{newAdapter(t, c, prefix), newAdapter(t, c, prefix)}
 	const writers, each = 8, 50
@@ -485,23 +556,26 @@ func TestPresenceAcrossNodes(t *testing.T) {
 
 // A node that stops heartbeating (here: closed without leaving) is swept
 // by the survivors, which race to do it; each of its users leaves once.
-func TestDeadNodeIsSwept(t *testing.T) {
-	c := newClient(t)
+func TestDeadNodeIsSwept(t *testing.T) { testDeadNodeIsSwept(t, newClient(t)) }
+
+func testDeadNodeIsSwept(t *testing.T, c redis.UniversalClient) {
 	prefix := newPrefix(t, c)
+	ctx := testContext(t)
 	ttl := redisadapter.WithPresenceTTL(300 * time.Millisecond)
 	dead := newAdapter(t, c, prefix, ttl)
+	join(t, dead, "r", "alice", "d1", false)
+	deadID := c.ZRange(ctx, prefix+":nodes", 0, -1).Val() // the only node yet
+
 	s1, s2 := newAdapter(t, c, prefix, ttl), newAdapter(t, c, prefix, ttl)
 	r1, r2 := subscribe(t, s1, "r"), subscribe(t, s2, "r")
 	r1.reset(t, "s1's subscription")
 	r2.reset(t, "s2's subscription")
-	join(t, dead, "r", "alice", "d1", false)
 	join(t, dead, "r", "alice", "d2", false)
 	join(t, dead, "r", "bob", "d3", false)
 	join(t, s1, "r", "bob", "l1", false) // bob stays: he has a session on a live node
 	join(t, dead, "other", "carol", "d4", false)
 	dead.Close()
 
-	ctx := testContext(t)
 	eventually(t, "the dead node's sessions are removed", func() bool {
 		return c.HLen(ctx, prefix+":{r}:presence").Val() == 1 && c.Exists(ctx, prefix+":{other}:presence").Val() == 0
 	})
@@ -523,9 +597,12 @@ func TestDeadNodeIsSwept(t *testing.T) {
 	if got := members(t, s1, "r"); !slices.Equal(got, []string{"bob"}) {
 		t.Errorf("Members %v, want [bob]", got)
 	}
+	if len(deadID) != 1 {
+		t.Fatalf("nodes before the others started: %q, want the dead one only", deadID)
+	}
 	eventually(t, "the dead node is forgotten", func() bool {
-		return c.ZCard(ctx, prefix+":nodes").Val() == 3 && // s1, s2, marker
-			len(c.Keys(ctx, prefix+":node:*").Val()) == 1 // s1's rooms
+		return c.ZScore(ctx, prefix+":nodes", deadID[0]).Err() == redis.Nil &&
+			c.Exists(ctx, prefix+":node:"+deadID[0]+":rooms").Val() == 0
 	})
 }
 
@@ -615,5 +692,59 @@ func TestOptionsPanicWithTheirName(t *testing.T) {
 			}()
 			opt()
 		}()
+	}
+}
+
+// Redis not answering: calls end at their context's deadline, with its
+// error; Subscribe and Close do not wait for Redis.
+func TestUnresponsiveRedis(t *testing.T) {
+	c := newClient(t)
+	prefix := newPrefix(t, c)
+	a := newAdapter(t, c, prefix)
+	if err := c.Do(testContext(t), "CLIENT", "PAUSE", 500, "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, _, err := a.Append(ctx, chatkit.Message{Room: "r", Username: "alice", Text: "hi", Time: time.Now()})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Append while Redis is paused: %v, want the context's deadline", err)
+	}
+	if d := time.Since(start); d > 400*time.Millisecond {
+		t.Errorf("Append took %v, want about the context's 100ms", d)
+	}
+}
+
+func TestUnreachableRedis(t *testing.T) {
+	redisURL(t)
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", ContextTimeoutEnabled: true}) // nothing listens
+	defer c.Close()
+	a := redisadapter.New(c, redisadapter.WithPresenceTTL(30*time.Millisecond))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		unsubscribe := a.Subscribe("r", func(chatkit.Event) {})
+		unsubscribe()
+		a.Subscribe("r", func(chatkit.Event) {})
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+		t.Fatal("Subscribe waited for an unreachable Redis")
+	}
+	ctx := testContext(t)
+	if _, err := a.Join(ctx, chatkit.Member{Room: "r", Username: "alice", Session: "s"}, false); err == nil {
+		t.Error("Join succeeded without Redis")
+	}
+	if _, err := a.Members(ctx, "r"); err == nil {
+		t.Error("Members succeeded without Redis")
+	}
+	closed := make(chan struct{})
+	go func() { a.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(wait):
+		t.Fatal("Close did not return")
 	}
 }

@@ -34,11 +34,17 @@ func (a *Adapter) encodeEvent(node string, ev chatkit.Event) string {
 	return string(b)
 }
 
+// publishScript publishes ARGV[1] on channel KEYS[1]. The channel is
+// given as a key so that, on Cluster, the event leaves from the room's
+// slot like the room's other events: a plain PUBLISH would go to any node,
+// and two events sent through two nodes can arrive in either order.
+var publishScript = redis.NewScript(`return redis.call('PUBLISH', KEYS[1], ARGV[1])`)
+
 // Publish implements chatkit.Broker: it sends ev to the nodes that
 // subscribe to ev.Room, except this one. It returns once Redis has taken
 // the event; an error means it may not have reached them.
 func (a *Adapter) Publish(ctx context.Context, ev chatkit.Event) error {
-	return a.rdb.Publish(ctx, a.channel(ev.Room), a.encodeEvent(a.node, ev)).Err()
+	return publishScript.Run(ctx, a.rdb, []string{a.channel(ev.Room)}, a.encodeEvent(a.node, ev)).Err()
 }
 
 // Delivery. One receiver goroutine reads the pub/sub connection and queues
