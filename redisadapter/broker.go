@@ -14,7 +14,7 @@ import (
 
 // wireEvent is a chatkit.Event as published on a room's channel. Node is
 // the publishing node's id, so that it can skip its own events; an empty
-// Node is delivered by every node (a leave found by a sweep or a retry).
+// Node is delivered by every node (the leaves found by a sweep).
 type wireEvent struct {
 	Node     string            `json:"node"`
 	Kind     chatkit.EventKind `json:"kind"`
@@ -365,7 +365,7 @@ func (a *Adapter) Join(ctx context.Context, m chatkit.Member, exclusive bool) (b
 			return false, err
 		}
 	}
-	first, err := a.join(ctx, m, exclusive, a.node)
+	first, err := a.join(ctx, m, exclusive)
 	a.mu.Lock()
 	switch {
 	case err == nil:
@@ -378,10 +378,8 @@ func (a *Adapter) Join(ctx context.Context, m chatkit.Member, exclusive bool) (b
 }
 
 // join records the room in the node's rooms set, where a sweep looks for
-// the sessions of a dead node, then runs the join script. eventNode is
-// the node id in the EventJoined: this node's, or none for a re-join
-// that this node's own Server must hear too.
-func (a *Adapter) join(ctx context.Context, m chatkit.Member, exclusive bool, eventNode string) (bool, error) {
+// the sessions of a dead node, then runs the join script.
+func (a *Adapter) join(ctx context.Context, m chatkit.Member, exclusive bool) (bool, error) {
 	if err := a.rdb.SAdd(ctx, a.nodeRoomsKey(a.node), m.Room).Err(); err != nil {
 		return false, err
 	}
@@ -389,7 +387,7 @@ func (a *Adapter) join(ctx context.Context, m chatkit.Member, exclusive bool, ev
 	if exclusive {
 		ex = "1"
 	}
-	joined := a.encodeEvent(eventNode, chatkit.Event{Kind: chatkit.EventJoined, Room: m.Room, Username: m.Username})
+	joined := a.encodeEvent(a.node, chatkit.Event{Kind: chatkit.EventJoined, Room: m.Room, Username: m.Username})
 	r, err := joinScript.Run(ctx, a.rdb, a.presenceKeys(m.Room),
 		presenceField(m), a.node+"\x00"+m.Username, m.Username, ex, a.channel(m.Room), joined).Int()
 	switch {
@@ -414,7 +412,7 @@ func (a *Adapter) Leave(ctx context.Context, m chatkit.Member) (bool, error) {
 	a.mu.Lock()
 	delete(a.sessions, m)
 	a.mu.Unlock()
-	last, err := a.leave(ctx, m, a.node)
+	last, err := a.leave(ctx, m)
 	if err != nil {
 		a.mu.Lock()
 		if !a.closed {
@@ -425,8 +423,8 @@ func (a *Adapter) Leave(ctx context.Context, m chatkit.Member) (bool, error) {
 	return last, err
 }
 
-func (a *Adapter) leave(ctx context.Context, m chatkit.Member, eventNode string) (bool, error) {
-	left := a.encodeEvent(eventNode, chatkit.Event{Kind: chatkit.EventLeft, Room: m.Room, Username: m.Username})
+func (a *Adapter) leave(ctx context.Context, m chatkit.Member) (bool, error) {
+	left := a.encodeEvent(a.node, chatkit.Event{Kind: chatkit.EventLeft, Room: m.Room, Username: m.Username})
 	r, err := leaveScript.Run(ctx, a.rdb, a.presenceKeys(m.Room),
 		presenceField(m), m.Username, a.channel(m.Room), left).Int()
 	return r == 1, err
@@ -523,12 +521,16 @@ func (a *Adapter) heartbeatDead(ctx context.Context) ([]string, error) {
 	if lost {
 		// Redis lost the node's entry: it restarted empty, or the other
 		// nodes took this one for dead and swept its sessions. Record them
-		// again; the joins go to every node, this one included, which may
-		// have delivered the sweep's leaves.
+		// again. A user who becomes present again is announced to every
+		// node, this one included (directly: its pub/sub may still be
+		// reconnecting), which may have delivered the sweep's leave.
 		a.log.Warn("node's presence was lost; joining its sessions again", "node", a.node, "sessions", len(rejoin))
 		for _, m := range rejoin {
-			_, err := a.join(ctx, m, false, "")
+			first, err := a.join(ctx, m, false)
 			a.mu.Lock()
+			if first {
+				a.postLocked(delivery{ev: chatkit.Event{Kind: chatkit.EventJoined, Room: m.Room, Username: m.Username}})
+			}
 			if err != nil {
 				a.rejoin = true // the next heartbeat tries again
 			} else if !a.sessions[m] {
@@ -574,8 +576,9 @@ func (a *Adapter) sweep(ctx context.Context, node string) error {
 	return a.rdb.ZRem(ctx, a.nodesKey(), node).Err()
 }
 
-// retryLeaves removes the sessions whose Leave or Join failed. The leave
-// has no node id, so that this node's subscribers get it too.
+// retryLeaves removes the sessions whose Leave or Join failed. A leave it
+// finds is published to the other nodes and delivered here directly, not
+// through Redis, since this node's pub/sub may still be reconnecting.
 func (a *Adapter) retryLeaves(ctx context.Context) {
 	a.mu.Lock()
 	var todo []chatkit.Member
@@ -584,12 +587,16 @@ func (a *Adapter) retryLeaves(ctx context.Context) {
 	}
 	a.mu.Unlock()
 	for _, m := range todo {
-		if _, err := a.leave(ctx, m, ""); err != nil {
+		last, err := a.leave(ctx, m)
+		if err != nil {
 			a.log.Debug("retried leave failed", "room", m.Room, "err", err)
 			return
 		}
 		a.mu.Lock()
 		delete(a.retry, m)
+		if last {
+			a.postLocked(delivery{ev: chatkit.Event{Kind: chatkit.EventLeft, Room: m.Room, Username: m.Username}})
+		}
 		a.mu.Unlock()
 	}
 }
