@@ -132,8 +132,10 @@ type Adapter struct {
 
 // New returns an Adapter that uses client, the application's own client:
 // a plain, Sentinel failover (both *redis.Client) or Cluster
-// (*redis.ClusterClient) one; a *redis.Ring panics. Close the Adapter before the client; Close
-// leaves the client open. New does not talk to Redis (a heartbeat does,
+// (*redis.ClusterClient) one; a *redis.Ring panics. Give the client
+// ContextTimeoutEnabled, so that calls end at their context's deadline (New
+// logs a warning if not). Close the Adapter before the client; Close leaves
+// the client open. New does not talk to Redis (a heartbeat does,
 // in the background), so it succeeds while Redis is down. A nil client
 // panics, as does an invalid option.
 func New(client redis.UniversalClient, opts ...Option) *Adapter {
@@ -162,6 +164,10 @@ func New(client redis.UniversalClient, opts ...Option) *Adapter {
 		retry:      make(map[chatkit.Member]bool),
 		inboxReady: make(chan struct{}, 1),
 	}
+	if !contextTimeouts(client) {
+		a.log.Warn("the Redis client has ContextTimeoutEnabled false: a call to an unresponsive Redis " +
+			"ends at the client's dial or read timeout, not at the context's deadline (the Server's WithStoreTimeout)")
+	}
 	// An empty subscription: it connects on first use, and the rooms are
 	// added to it and removed from it as they come and go.
 	a.pubsub = client.Subscribe(ctx)
@@ -171,6 +177,18 @@ func New(client redis.UniversalClient, opts ...Option) *Adapter {
 	go a.dispatchLoop()
 	go a.heartbeatLoop()
 	return a
+}
+
+// contextTimeouts reports whether client ends its calls at their
+// context's deadline; only its options say so.
+func contextTimeouts(client redis.UniversalClient) bool {
+	switch c := client.(type) {
+	case *redis.Client:
+		return c.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		return c.Options().ContextTimeoutEnabled
+	}
+	return true // an unknown kind: say nothing
 }
 
 // Close stops the adapter's background work (heartbeats, sweeps, retries

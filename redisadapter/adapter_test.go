@@ -629,6 +629,7 @@ func TestReceiverReconnectsAndResets(t *testing.T) {
 	}
 	prefix := "chatkittest-" + rand.Text()[:10]
 	opt.ClientName = prefix // to find its pub/sub connection below
+	opt.ContextTimeoutEnabled = true
 	c := redis.NewClient(opt)
 	defer c.Close()
 	newPrefix(t, c) // cleans up
@@ -808,5 +809,20 @@ func TestUnreachableRedis(t *testing.T) {
 	case <-closed:
 	case <-time.After(wait):
 		t.Fatal("Close did not return")
+	}
+}
+
+func TestRoomExpiresAfterHistoryTTL(t *testing.T) {
+	c := newClient(t)
+	prefix := newPrefix(t, c)
+	a := newAdapter(t, c, prefix, redisadapter.WithHistoryTTL(100*time.Millisecond))
+	old, _ := appendMsg(t, a, "r", "alice", "one", "c1")
+	ctx := testContext(t)
+	eventually(t, "the room's keys expire", func() bool {
+		return c.Exists(ctx, prefix+":{r}:meta", prefix+":{r}:msgs", prefix+":{r}:cmid").Val() == 0
+	})
+	m, dup := appendMsg(t, a, "r", "alice", "one", "c1")
+	if dup || m.ID != 1 || m.Epoch == old.Epoch {
+		t.Errorf("append after the room expired: dup %v, id %d, epoch %s; want a new id 1 in a new epoch", dup, m.ID, m.Epoch)
 	}
 }

@@ -61,16 +61,19 @@
 // Calls fail with the error of their context once its deadline passes: the
 // Server bounds them with WithStoreTimeout and answers "unavailable" (or
 // HTTP 503 to a handshake). go-redis ends a call at its context's deadline
-// only with Options.ContextTimeoutEnabled; without it, at the client's
-// ReadTimeout and WriteTimeout (3s by default). An Append that fails may
+// only if the client has Options.ContextTimeoutEnabled; without it, at the
+// client's DialTimeout or ReadTimeout (5s and 3s by default), longer than
+// the Server's default 3s, so New logs a warning. An Append that fails may
 // have been stored all the same; a retry with the same client_msg_id then
 // returns it as a dup.
 //
 // Subscribe never waits for Redis: the pub/sub connection subscribes in
 // the background, go-redis reconnects it and subscribes again by itself,
-// and each room then gets an EventReset. A Leave that fails is retried in
-// the background until it succeeds; so is the removal of a session whose
-// Join failed (it may have been recorded).
+// and each room then gets an EventReset. A Leave that fails is retried
+// with each heartbeat until it succeeds, and so is the removal of a
+// session whose Join failed (it may have been recorded); a user who
+// leaves that way is announced to the other nodes through Redis and to
+// this node's subscribers directly.
 //
 // # Sentinel and Cluster
 //
@@ -82,8 +85,9 @@
 //
 // On Cluster (redis.NewClusterClient), each room's keys share one slot, so
 // its scripts run there; the nodes' keys may live in other slots and are
-// used by separate commands. Events go through classic PUBLISH, which
-// Cluster forwards to every node, so one pub/sub connection per Adapter
+// used by separate commands. Events go through classic PUBLISH, sent from
+// a script on the room's slot so that they leave one node in order, and
+// Cluster forwards them to every node: one pub/sub connection per Adapter
 // hears every room, at the cost of every event crossing the Cluster bus.
 // Sharded pub/sub (SPUBLISH) would keep events on their shard but needs a
 // connection per shard, as a go-redis PubSub is bound to one Cluster node.
