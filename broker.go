@@ -127,6 +127,10 @@ type memoryClusterNode struct {
 }
 
 func (n *memoryClusterNode) Append(ctx context.Context, m Message) (Message, bool, error) {
+	// Stored and published in one step, as Redis does in its script, so
+	// that publications leave in id order.
+	n.hub.appendMu.Lock()
+	defer n.hub.appendMu.Unlock()
 	stored, dup, err := n.store.Append(ctx, m)
 	if err == nil && !dup {
 		n.Publish(ctx, Event{Kind: EventMessage, Room: m.Room, Message: &stored})
@@ -145,6 +149,7 @@ func (n *memoryClusterNode) Latest(ctx context.Context, room string, count int) 
 // memoryHub is the shared state of in-memory brokers: every node's
 // subscriptions and every room's presence, under one lock.
 type memoryHub struct {
+	appendMu sync.Mutex // held by a cluster node's Append across store and publish
 	mu       sync.Mutex
 	nodes    []*memoryBroker
 	sessions map[string]map[string]map[string]bool // room, username, session

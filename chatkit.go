@@ -421,6 +421,8 @@ func (s *Server) Broadcast(room, text string) (Message, error) {
 // publishes it to the other nodes. The ack is queued once the message is
 // delivered here, or at once for a duplicate.
 func (s *Server) publish(ctx context.Context, r *room, m Message, a ack) (Message, bool, error) {
+	r.appending.Add(1)
+	defer r.appending.Add(-1)
 	stored, dup, err := s.store.Append(ctx, m)
 	if err != nil {
 		return Message{}, false, err

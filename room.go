@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -60,6 +61,10 @@ type room struct {
 	// results are applied in the order the broker decided them. Only
 	// joins and leaves of this room wait on it, never deliveries.
 	presenceMu sync.Mutex
+
+	// appending counts this node's messages between Store.Append and
+	// offer: a gap may be one of them, on its way, rather than lost.
+	appending atomic.Int64
 
 	mu         sync.Mutex
 	loaded     bool
@@ -526,12 +531,29 @@ func (r *room) fill(gen int) {
 			r.mu.Unlock()
 			return
 		}
-		if st.Epoch != r.epoch {
+		switch {
+		case st.Epoch != r.epoch:
 			r.resyncLocked(st, msgs)
-		} else {
+		case len(msgs) > 0 && msgs[0].ID > r.hist.last+1 && r.appending.Load() > 0:
+			// The store no longer has the next message, but it may be
+			// this node's own, still on its way from Append to offer.
+			r.filling = false
+			r.gapTimer = r.fillAfterLocked(gapWait)
+			r.mu.Unlock()
+			return
+		case len(msgs) > 0 && msgs[0].ID > r.hist.last+1:
+			r.skipLocked(msgs)
+		default:
 			for _, m := range msgs {
-				if m.ID > r.hist.last {
-					r.deliverMessageLocked(m)
+				if m.ID <= r.hist.last {
+					continue
+				}
+				r.deliverMessageLocked(m)
+				// The store was first: the copy that arrived, or this
+				// node's own message, still owes its sender an ack.
+				if p, ok := r.pending[m.ID]; ok {
+					delete(r.pending, m.ID)
+					p.ack.send()
 				}
 			}
 			r.drainPendingLocked()
@@ -546,6 +568,35 @@ func (r *room) fill(gen int) {
 			return
 		}
 	}
+}
+
+// skipLocked moves the room past messages the store no longer keeps (it
+// fell behind by more than the store's history while waiting for them):
+// msgs are the oldest the store still has. Each member gets a new welcome,
+// as if it had reconnected with since set to what it was given, so that it
+// is told of its gap instead of seeing ids jump.
+func (r *room) skipLocked(msgs []Message) {
+	since := r.hist.last
+	for _, m := range msgs {
+		r.keepLocked(m)
+	}
+	r.srv.cfg.logger.Warn("chatkit: messages lost to this node: the store no longer keeps them", "room", r.name, "after", since, "next", msgs[0].ID)
+	for id, p := range r.pending {
+		if id <= r.hist.last {
+			delete(r.pending, id)
+			p.ack.send()
+		}
+	}
+	var slow []*session
+	for _, s := range r.members {
+		if !s.enqueue(r.welcomeLocked(s, true, since, r.epoch)) {
+			slow = append(slow, s)
+		}
+	}
+	for _, s := range slow {
+		r.dropLocked(s, closeTooSlow)
+	}
+	r.drainPendingLocked()
 }
 
 // resyncLocked restarts the room on the store's new id sequence and sends
@@ -606,6 +657,10 @@ func (r *room) receiveLocked(ev Event) {
 // may have been lost, and announces what changed.
 func (r *room) refreshPresence(gen int) {
 	defer r.srv.sessions.Done()
+	// No join or leave of this node may land between the read and its
+	// use, or it would be undone.
+	r.presenceMu.Lock()
+	defer r.presenceMu.Unlock()
 	ctx, cancel := r.srv.storeContext(context.Background())
 	users, err := r.srv.broker.Members(ctx, r.name)
 	cancel()
