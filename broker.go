@@ -33,14 +33,16 @@ type Broker interface {
 	// is back after a break (such as a reconnect to Redis), the broker
 	// delivers an EventReset: events published before it may have been
 	// missed, and the Server reads them from the Store and the broker's
-	// Members.
+	// Members. A delivery already under way when unsubscribe is called
+	// may still complete after it returns.
 	Subscribe(room string, deliver func(Event)) (unsubscribe func())
 
 	// Join records a session in the room's presence and reports whether
 	// its user just became present (it had no other session, on any
 	// node). If so, it sends an EventJoined to the other nodes. When
 	// exclusive is true and the user is already present, Join records
-	// nothing and returns ErrUsernameTaken.
+	// nothing and returns ErrUsernameTaken. After any other error the
+	// outcome is unknown; the Server then calls Leave for the session.
 	Join(ctx context.Context, m Member, exclusive bool) (first bool, err error)
 
 	// Leave removes a session recorded by Join and reports whether it was
@@ -91,11 +93,12 @@ type Event struct {
 	Message  *Message  `json:"message,omitempty"`  // EventMessage
 }
 
-// A Member is one session in a room's presence.
+// A Member is one session in a room's presence: Room, Username and
+// Session together name it.
 type Member struct {
 	Room     string
 	Username string
-	Session  string // unique per session
+	Session  string // the session's id, random
 }
 
 // MemoryCluster joins several Servers of one process into one chat, with a

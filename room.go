@@ -245,7 +245,15 @@ func (r *room) enter(ctx context.Context, s *session, resume bool, since int64, 
 	defer r.presenceMu.Unlock()
 	m := Member{Room: r.name, Username: s.username, Session: s.id}
 	first, err := r.srv.broker.Join(ctx, m, !r.cfg.duplicates)
+	if errors.Is(err, ErrUsernameTaken) {
+		return err
+	}
 	if err != nil {
+		// Perhaps recorded all the same: take it back, in the background
+		// if the broker is down (the broker retries a failed Leave).
+		leaveCtx, cancel := r.srv.storeContext(context.Background())
+		r.srv.broker.Leave(leaveCtx, m)
+		cancel()
 		return err
 	}
 	if err := r.join(s, first, resume, since, epoch); err != nil {
