@@ -3,7 +3,10 @@
 // a small history, and the other options from flags, plus /debug/stats
 // (goroutines and heap, for chatbench -stats) and /debug/pprof/.
 //
-//	chatkitserver -addr 127.0.0.1:8100 [-queue 256] [-history 16] [-cpuprofile cpu.out]
+//	chatkitserver -addr 127.0.0.1:8100 [-queue 256] [-history 16] [-cpuprofile cpu.out] [-redis redis://127.0.0.1:6379/0]
+//
+// With -redis the server is one node of a chat kept in that Redis
+// (redisadapter), so that several of these processes serve one chat.
 //
 // It stops on SIGINT or SIGTERM, writing the CPU profile if one was asked
 // for.
@@ -28,6 +31,13 @@ import (
 	"golang.org/x/time/rate"
 )
 
+// redisNode, set by redis.go, returns the option that makes the server a
+// node of the chat kept in the Redis at url, and what closes it at exit.
+// A hook rather than a direct call so that this file alone still builds
+// against an older chatkit without redisadapter: bench/run's chatkit@REV
+// contenders build only main.go inside the old commit's module.
+var redisNode func(url string, history int, logger *slog.Logger) (chatkit.Option, func(), error)
+
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8100", "listen address")
 	queue := flag.Int("queue", 256, "per-session send queue, in events (WithSendQueue)")
@@ -39,6 +49,7 @@ func main() {
 	dup := flag.Bool("duplicates", false, "WithDuplicateUsernames")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	logLevel := flag.String("log", "warn", "log level: debug, info, warn or error")
+	redisURL := flag.String("redis", "", "keep the chat in this Redis (redisadapter), e.g. redis://127.0.0.1:6379/0")
 	flag.Parse()
 
 	var level slog.Level
@@ -51,7 +62,7 @@ func main() {
 	if *msgRate > 0 {
 		lim = rate.Limit(*msgRate)
 	}
-	chat := chatkit.New(
+	opts := []chatkit.Option{
 		chatkit.WithRateLimit(lim, *burst),
 		chatkit.WithHistorySize(*history),
 		chatkit.WithSendQueue(*queue),
@@ -59,7 +70,20 @@ func main() {
 		chatkit.WithMaxMessageLength(*maxLen),
 		chatkit.WithDuplicateUsernames(*dup),
 		chatkit.WithLogger(logger),
-	)
+	}
+	closeRedis := func() {}
+	if *redisURL != "" {
+		if redisNode == nil {
+			log.Fatal("-redis: this build has no Redis support (built from main.go alone)")
+		}
+		opt, closeFn, err := redisNode(*redisURL, *history, logger)
+		if err != nil {
+			log.Fatalf("-redis %s: %v", *redisURL, err)
+		}
+		opts = append(opts, opt)
+		closeRedis = closeFn
+	}
+	chat := chatkit.New(opts...)
 
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -113,4 +137,5 @@ func main() {
 	defer cancel()
 	chat.Shutdown(ctx)
 	srv.Shutdown(ctx)
+	closeRedis()
 }

@@ -167,7 +167,7 @@ func TestFanoutAgainstChatkit(t *testing.T) {
 		t.Fatal(err)
 	}
 	quiet = true
-	cfg.pid = os.Getpid() // measure ourselves: the server runs in this process
+	cfg.pids = []int{os.Getpid()} // measure ourselves: the server runs in this process
 	cfg.maxFD = int(raiseNoFile(4096))
 	ad, _ := newAdapter("chatkit")
 	res := runFanout(cfg, ad, 12)

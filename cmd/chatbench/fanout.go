@@ -20,6 +20,9 @@ func runFanout(cfg *config, ad adapter, size int) *Result {
 	res.Params = map[string]any{"members": size, "publishers": cfg.publishers, "size_bytes": cfg.size,
 		"step_s": cfg.duration.Seconds(), "factor": cfg.factor, "p99_limit_ms": cfg.p99Limit,
 		"min_delivery": cfg.minDelivery, "sampled": min(size, cfg.sample), "lowat": cfg.lowat}
+	if len(cfg.urls) > 1 {
+		res.Params["servers"] = len(cfg.urls)
+	}
 	if size > cfg.maxConns {
 		res.fail(fmt.Sprintf("%d members exceed -max-conns %d", size, cfg.maxConns))
 		return res
@@ -142,6 +145,13 @@ func runFanout(cfg *config, ad adapter, size int) *Result {
 		res.Metrics["first_bad_per_s"] = bad
 	}
 	res.Metrics["reconnects"] = float64(pool.heals)
+	if best.RedisByCmd != nil && best.Published > 0 {
+		pub := float64(best.Published)
+		res.Metrics["redis_cmds_per_msg"] = float64(best.RedisCmds) / pub
+		for cmd, n := range best.RedisByCmd {
+			res.Metrics["redis_per_msg_"+cmd] = float64(n) / pub
+		}
+	}
 	res.Valid = true
 	return res
 }

@@ -18,7 +18,7 @@ func runIdle(cfg *config, ad adapter) *Result {
 		res.fail(fmt.Sprintf("%d connections exceed -max-conns %d", n, cfg.maxConns))
 		return res
 	}
-	if cfg.pid <= 0 {
+	if len(cfg.pids) == 0 {
 		res.fail("idle needs -pid of the server")
 		return res
 	}
@@ -29,10 +29,10 @@ func runIdle(cfg *config, ad adapter) *Result {
 	}
 	defer b.close()
 	time.Sleep(cfg.settle / 2)
-	base := readProc(cfg.pid)
+	base := readProcs(cfg.pids)
 	g0, hasG := serverGoroutines(cfg.statsURL)
 	if !base.ok {
-		res.fail(fmt.Sprintf("cannot read /proc/%d", cfg.pid))
+		res.fail(fmt.Sprintf("cannot read /proc/%s", pidList(cfg.pids)))
 		return res
 	}
 	specs := make([]memberSpec, n)
@@ -50,9 +50,9 @@ func runIdle(cfg *config, ad adapter) *Result {
 	}
 	logf("idle %s: %d connections in %.1fs", res.Label, n, cs.seconds)
 	time.Sleep(cfg.settle)
-	first := readProc(cfg.pid)
+	first := readProcs(cfg.pids)
 	time.Sleep(time.Second)
-	second := readProc(cfg.pid)
+	second := readProcs(cfg.pids)
 	if !first.ok || !second.ok {
 		res.fail("server process gone")
 		return res

@@ -9,6 +9,13 @@
 //	chatbench slow   -proto chatkit -url ws://127.0.0.1:8100/ws -pid PID [-members 500 -rate 20000]
 //	chatbench report -o BENCHMARKS.md results/*.json
 //
+// Several servers sharing one chat (chatkit nodes on one Redis): -url takes
+// their URLs comma-separated, and member i of every workload connects to
+// URL i mod n, publishers included; -pid and -stats take lists too, and
+// their figures are summed (give Redis's pid as well, so that server CPU
+// counts it). -redis-addr HOST:PORT reads Redis's INFO commandstats before
+// and after each step and reports the Redis commands per published message.
+//
 // Protocols (-proto): chatkit (PROTOCOL.md), seed (?username=&client_id=,
 // raw text in, chat_message JSON out), raw (every text line that arrives is
 // a message, as the gorilla chat example relays them) and centrifuge (its
@@ -40,12 +47,13 @@ import (
 )
 
 type config struct {
-	url            string
+	urls           []string
 	proto          string
 	label          string
 	subprotocols   []string
-	pid            int
-	statsURL       string
+	pids           []int  // summed: several nodes, and Redis
+	statsURL       string // comma-separated, summed
+	redisAddr      string
 	duration       time.Duration
 	maxConns       int
 	jsonPath       string
@@ -182,12 +190,13 @@ func main() {
 func parseFlags(cmd string, args []string) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("chatbench "+cmd, flag.ContinueOnError)
-	fs.StringVar(&c.url, "url", "ws://127.0.0.1:8100/ws", "the server's WebSocket URL (loopback)")
+	urls := fs.String("url", "ws://127.0.0.1:8100/ws", "the server's WebSocket URL (loopback); several, comma-separated, spread the members over them")
 	fs.StringVar(&c.proto, "proto", "chatkit", "protocol adapter: chatkit, seed, raw or centrifuge")
 	fs.StringVar(&c.label, "label", "", "name of the contender in the results (default: the protocol)")
 	subprotocol := fs.String("subprotocol", "", "WebSocket subprotocols to offer, comma-separated (e.g. chatkit.v1)")
-	fs.IntVar(&c.pid, "pid", 0, "server process id, for RSS and CPU from /proc")
-	fs.StringVar(&c.statsURL, "stats", "", "URL answering {\"goroutines\":N} (e.g. http://127.0.0.1:8100/debug/stats)")
+	pids := fs.String("pid", "", "server process id, for RSS and CPU from /proc; several, comma-separated, are summed")
+	fs.StringVar(&c.statsURL, "stats", "", "URL answering {\"goroutines\":N} (e.g. http://127.0.0.1:8100/debug/stats); several, comma-separated, are summed")
+	fs.StringVar(&c.redisAddr, "redis-addr", "", "HOST:PORT of the servers' Redis: report its commands per published message (INFO commandstats)")
 	fs.DurationVar(&c.duration, "duration", 5*time.Second, "length of each measured step (fanout, slow) or of the run (mix)")
 	fs.IntVar(&c.maxConns, "max-conns", 20000, "most connections the generator may open")
 	fs.StringVar(&c.jsonPath, "json", "", "write the results as JSON to this file (- for stdout)")
@@ -235,6 +244,25 @@ func parseFlags(cmd string, args []string) (*config, error) {
 	}
 	if c.label == "" {
 		c.label = c.proto
+	}
+	for u := range strings.SplitSeq(*urls, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			c.urls = append(c.urls, u)
+		}
+	}
+	if len(c.urls) == 0 {
+		return nil, fmt.Errorf("-url: give at least one URL")
+	}
+	if *pids != "" {
+		for f := range strings.SplitSeq(*pids, ",") {
+			pid, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || pid < 0 {
+				return nil, fmt.Errorf("-pid: bad process id %q", f)
+			}
+			if pid > 0 { // 0 is "none", as it always was
+				c.pids = append(c.pids, pid)
+			}
+		}
 	}
 	if *subprotocol != "" {
 		for p := range strings.SplitSeq(*subprotocol, ",") {

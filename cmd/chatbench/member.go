@@ -34,8 +34,7 @@ type stepStats struct {
 type bench struct {
 	cfg   *config
 	ad    adapter
-	base  *url.URL
-	addr  string
+	bases []*url.URL // member i connects to bases[i % len(bases)]
 	poll  *poller
 	steps [maxSteps]*stepStats
 	next  atomic.Int32 // steps handed out
@@ -48,20 +47,24 @@ type bench struct {
 }
 
 func newBench(cfg *config, ad adapter) (*bench, error) {
-	u, err := url.Parse(cfg.url)
-	if err != nil {
-		return nil, err
+	b := &bench{cfg: cfg, ad: ad, dropReason: map[string]int{}}
+	for _, s := range cfg.urls {
+		u, err := url.Parse(s)
+		if err != nil {
+			return nil, err
+		}
+		if u.Scheme != "ws" {
+			return nil, fmt.Errorf("-url %q: only ws:// URLs (loopback, no TLS)", s)
+		}
+		if u.Port() == "" {
+			return nil, fmt.Errorf("-url %q: give a port", s)
+		}
+		b.bases = append(b.bases, u)
 	}
-	if u.Scheme != "ws" {
-		return nil, fmt.Errorf("-url %q: only ws:// URLs (loopback, no TLS)", cfg.url)
-	}
-	if u.Port() == "" {
-		return nil, fmt.Errorf("-url %q: give a port", cfg.url)
-	}
-	b := &bench{cfg: cfg, ad: ad, base: u, addr: u.Host, dropReason: map[string]int{}}
 	for i := range b.steps {
 		b.steps[i] = new(stepStats)
 	}
+	var err error
 	if b.poll, err = newPoller(cfg.maxFD); err != nil {
 		return nil, err
 	}
@@ -155,7 +158,8 @@ func (b *bench) connect(ctx context.Context, s memberSpec) (*member, error) {
 	id, name, room := s.id, s.name, s.room
 	m := &member{b: b, id: id, name: name, room: room, counted: s.counted, sampled: !s.bulk,
 		ready: make(chan struct{}), done: make(chan struct{})}
-	conn, leftover, err := dialWS(ctx, b.addr, b.ad.requestURI(b.base, name, room), dialOptions{
+	base := b.serverOf(id)
+	conn, leftover, err := dialWS(ctx, base.Host, b.ad.requestURI(base, name, room), dialOptions{
 		subprotocols: b.cfg.subprotocols, rcvbuf: s.rcvbuf, mss: s.mss})
 	if err != nil {
 		return nil, err
@@ -182,6 +186,11 @@ func (b *bench) connect(ctx context.Context, s memberSpec) (*member, error) {
 	}
 	return m, nil
 }
+
+// serverOf is the server member id connects to: round-robin over -url, so
+// that each room of a workload, its publishers included, is spread evenly
+// over the nodes (a reconnect keeps its id, and so its node).
+func (b *bench) serverOf(id int) *url.URL { return b.bases[id%len(b.bases)] }
 
 // waitReady waits until the member is in its room.
 func (m *member) waitReady(ctx context.Context) error {

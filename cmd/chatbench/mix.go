@@ -59,7 +59,7 @@ func runMix(cfg *config, ad adapter) *Result {
 	r := b.measureStep("mix", pool.plan(float64(rooms)*cfg.roomRate), per, cfg.duration)
 	close(stop)
 	wg.Wait()
-	after := readProc(cfg.pid)
+	after := readProcs(cfg.pids)
 	res.Steps = append(res.Steps, r)
 
 	res.Metrics["deliveries_per_s"] = r.Rate

@@ -71,6 +71,32 @@ func readProc(pid int) procSample {
 	return s
 }
 
+// readProcs sums readProc over the processes of one contender (its nodes
+// and their Redis): a reading is ok only if every process could be read.
+func readProcs(pids []int) procSample {
+	if len(pids) == 0 {
+		return procSample{}
+	}
+	sum := procSample{ok: true}
+	for _, pid := range pids {
+		s := readProc(pid)
+		sum.ok = sum.ok && s.ok
+		sum.rssKiB += s.rssKiB
+		sum.threads += s.threads
+		sum.cpu += s.cpu
+	}
+	return sum
+}
+
+// pidList writes pids as -pid takes them.
+func pidList(pids []int) string {
+	var parts []string
+	for _, p := range pids {
+		parts = append(parts, strconv.Itoa(p))
+	}
+	return strings.Join(parts, ",")
+}
+
 // selfCPU is the generator's own user+system CPU time in seconds.
 func selfCPU() float64 {
 	var ru syscall.Rusage
@@ -102,7 +128,7 @@ func raiseNoFile(want uint64) uint64 {
 // cpuMeter measures a window of wall time, the generator's CPU and the
 // server's CPU.
 type cpuMeter struct {
-	pid    int
+	pids   []int
 	t0     time.Time
 	self0  float64
 	serv0  procSample
@@ -111,14 +137,14 @@ type cpuMeter struct {
 	server float64 // seconds, NaN without -pid
 }
 
-func startMeter(pid int) *cpuMeter {
-	return &cpuMeter{pid: pid, t0: time.Now(), self0: selfCPU(), serv0: readProc(pid)}
+func startMeter(pids []int) *cpuMeter {
+	return &cpuMeter{pids: pids, t0: time.Now(), self0: selfCPU(), serv0: readProcs(pids)}
 }
 
 func (m *cpuMeter) stop() *cpuMeter {
 	m.wall = time.Since(m.t0).Seconds()
 	m.self = selfCPU() - m.self0
-	s := readProc(m.pid)
+	s := readProcs(m.pids)
 	m.server = nan
 	if s.ok && m.serv0.ok {
 		m.server = s.cpu - m.serv0.cpu
@@ -135,11 +161,25 @@ func (m *cpuMeter) genLoad() float64 {
 	return m.self / m.wall
 }
 
-// serverStats reads the goroutine count from a server's /debug/stats.
-func serverGoroutines(url string) (int64, bool) {
-	if url == "" {
+// serverGoroutines sums the goroutine counts of the servers' /debug/stats
+// (urls comma-separated); ok only if every one answered.
+func serverGoroutines(urls string) (int64, bool) {
+	if urls == "" {
 		return 0, false
 	}
+	var sum int64
+	for u := range strings.SplitSeq(urls, ",") {
+		n, ok := serverGoroutines1(strings.TrimSpace(u))
+		if !ok {
+			return 0, false
+		}
+		sum += n
+	}
+	return sum, true
+}
+
+// serverGoroutines1 reads the goroutine count from a server's /debug/stats.
+func serverGoroutines1(url string) (int64, bool) {
 	c := http.Client{Timeout: 2 * time.Second}
 	resp, err := c.Get(url)
 	if err != nil {

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -309,6 +311,11 @@ func renderReport(title, baseline string, meta [][2]string, results []*Result) s
 			b.WriteString("\n")
 		}
 		b.WriteString("\n")
+		if g.workload == "fanout" {
+			if line := redisLine(g); line != "" {
+				b.WriteString(line + "\n\n")
+			}
+		}
 		var why []string
 		for _, l := range labels {
 			for _, r := range g.byLabel[l] {
@@ -353,6 +360,54 @@ func orderLabels(labels []string, baseline string) {
 	})
 }
 
+// redisLine says, for the contenders whose fan-out was measured with
+// -redis-addr, how many Redis commands each published message cost at the
+// rate in the table (medians), and which commands they were.
+func redisLine(g *group) string {
+	var parts []string
+	for _, l := range g.labels {
+		total := medianOf(g.byLabel[l], "redis_cmds_per_msg")
+		if math.IsNaN(total) {
+			continue
+		}
+		cmds := map[string]float64{}
+		for _, r := range g.byLabel[l] {
+			for k := range r.Metrics {
+				if cmd, ok := strings.CutPrefix(k, "redis_per_msg_"); ok {
+					cmds[cmd] = medianOf(g.byLabel[l], k)
+				}
+			}
+		}
+		names := slices.Collect(maps.Keys(cmds))
+		slices.SortFunc(names, func(a, c string) int {
+			if cmds[a] != cmds[c] {
+				return cmp.Compare(cmds[c], cmds[a])
+			}
+			return strings.Compare(a, c)
+		})
+		var by []string
+		rest := 0.0
+		for _, n := range names {
+			// Heartbeats and the like, well under one per hundred
+			// messages, are summed as "other".
+			if cmds[n] >= 0.01 {
+				by = append(by, fmt.Sprintf("%s %s", n, fmtNum(cmds[n])))
+			} else {
+				rest += cmds[n]
+			}
+		}
+		if rest > 0 {
+			by = append(by, "other "+fmtNum(rest))
+		}
+		parts = append(parts, fmt.Sprintf("%s %s (%s)", l, fmtNum(total), strings.Join(by, ", ")))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "Redis commands per published message, at the rate in the table (INFO commandstats over the step; Redis counts the commands a script runs as well as the script): " +
+		mdEscape(strings.Join(parts, "; ")) + "."
+}
+
 func workloadBlurb(w string, byLabel map[string][]*Result) string {
 	var p map[string]any
 	for _, rs := range byLabel {
@@ -373,7 +428,8 @@ func workloadBlurb(w string, byLabel map[string][]*Result) string {
 			"The rate grows by %s× per %s s step until p99 latency exceeds %s ms or less than %s of the deliveries arrive (one more step then tries the middle, unless the server dropped clients); the figure is the highest rate that passed. "+
 			"*bound* says what stopped the stepping (server: latency or loss; generator: the generator's own core was saturated first, so the figure is a lower bound). "+
 			"Latency is sampled at 64 members spread over the room, delivery counted at all. Server CPU is read from /proc/PID/stat over the step.",
-			param("publishers"), fmtNum(paramFloat(p, "factor")), param("step_s"), param("p99_limit_ms"), param("min_delivery"))
+			param("publishers"), fmtNum(paramFloat(p, "factor")), param("step_s"), param("p99_limit_ms"), param("min_delivery")) +
+			multiNodeBlurb(byLabel)
 	case "idle":
 		return fmt.Sprintf("%s connections in rooms of %s, each waited for until it is in its room (welcome, own join or subscribe reply), then the server's RSS growth over its pre-connection RSS is read from /proc/PID/status after the server settled (%s s, read twice 1 s apart, the second reading reported). Goroutines come from the server's /debug/stats where it has one (the seed has none).",
 			param("conns"), param("room_size"), param("settle_s"))
@@ -388,6 +444,25 @@ func workloadBlurb(w string, byLabel map[string][]*Result) string {
 			param("members"), param("rate_per_s"), param("size_bytes"), param("step_s"), param("step_s"), param("slow"), param("slow_rcvbuf"), param("stalled_backlog_kib"))
 	}
 	return ""
+}
+
+// multiNodeBlurb explains the contenders that ran as several nodes.
+func multiNodeBlurb(byLabel map[string][]*Result) string {
+	var labels []string
+	var n any
+	for l, rs := range byLabel {
+		if len(rs) > 0 && rs[0].Params["servers"] != nil {
+			labels = append(labels, l)
+			n = rs[0].Params["servers"]
+		}
+	}
+	if len(labels) == 0 {
+		return ""
+	}
+	slices.Sort(labels)
+	return fmt.Sprintf(" %s: %v chatkitserver processes (nodes) sharing one redis-server through redisadapter, all on CPU 0 (GOMAXPROCS=1 each); "+
+		"the room's members, publishers included, are spread round-robin over the nodes, and server CPU is the sum of the nodes' and Redis's.",
+		strings.Join(labels, ", "), n)
 }
 
 func paramFloat(p map[string]any, k string) float64 {

@@ -151,6 +151,11 @@ type stepResult struct {
 	OK            bool    `json:"ok"`
 	Invalid       bool    `json:"invalid"`
 	Why           string  `json:"why,omitempty"`
+
+	// With -redis-addr: the commands Redis executed during the step, those
+	// run by scripts included, in all and by command.
+	RedisCmds  int64            `json:"redis_commands,omitempty"`
+	RedisByCmd map[string]int64 `json:"redis_commands_by_name,omitempty"`
 }
 
 // publishers publish for one step. Each member of pubs sends at rate/len
@@ -222,13 +227,15 @@ func (b *bench) measureStep(kind string, plan pubPlan, members int, dur time.Dur
 	if plan.bulk != nil {
 		plan.bulk(true)
 	}
-	meter := startMeter(b.cfg.pid)
+	redis0 := b.readRedis()
+	meter := startMeter(b.cfg.pids)
 	b.publishFor(step, st, plan, dur, &pubErrs)
 	if plan.bulk != nil {
 		plan.bulk(false)
 	}
 	dr := drain(st, b.cfg.drain)
 	meter.stop()
+	redis1 := b.readRedis()
 	r := stepResult{
 		Step: step, Kind: kind, MsgRate: plan.msgRate, OfferedRate: plan.msgRate * float64(members),
 		Seconds: dur.Seconds(), Published: st.published.Load(), Expected: st.expected.Load(),
@@ -248,6 +255,9 @@ func (b *bench) measureStep(kind string, plan pubPlan, members int, dur time.Dur
 		r.CPUPerM = r.ServerCPU / float64(r.Delivered) * 1e6
 	}
 	r.ServerUtil = r.ServerCPU / meter.wall
+	if redis0 != nil && redis1 != nil {
+		r.RedisCmds, r.RedisByCmd = redisDelta(redis0, redis1)
+	}
 	var why []string
 	if r.DeliveryRatio < b.cfg.minDelivery {
 		why = append(why, fmt.Sprintf("delivery %.3f%%", 100*r.DeliveryRatio))
@@ -269,6 +279,22 @@ func (b *bench) measureStep(kind string, plan pubPlan, members int, dur time.Dur
 	}
 	r.Why = strings.Join(why, "; ")
 	return r
+}
+
+// readRedis reads Redis's command counts if -redis-addr asks for them; nil
+// without, or when Redis does not answer (noted, and the step has no
+// Redis figures).
+func (b *bench) readRedis() map[string]int64 {
+	if b.cfg.redisAddr == "" {
+		return nil
+	}
+	calls, err := redisCalls(b.cfg.redisAddr)
+	if err != nil {
+		b.noteErr("redis INFO: " + err.Error())
+		logf("chatbench: -redis-addr %s: %v", b.cfg.redisAddr, err)
+		return nil
+	}
+	return calls
 }
 
 // barrier sends one message from each publisher and waits until every

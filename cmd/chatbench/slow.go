@@ -83,7 +83,7 @@ func runSlow(cfg *config, ad adapter) *Result {
 	for _, m := range slow {
 		m.pause()
 	}
-	before := readProc(cfg.pid)
+	before := readProcs(cfg.pids)
 	var peak int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -91,7 +91,7 @@ func runSlow(cfg *config, ad adapter) *Result {
 		t := time.NewTicker(100 * time.Millisecond)
 		defer t.Stop()
 		for {
-			if s := readProc(cfg.pid); s.ok && s.rssKiB > peak {
+			if s := readProcs(cfg.pids); s.ok && s.rssKiB > peak {
 				peak = s.rssKiB
 			}
 			select {
@@ -104,7 +104,7 @@ func runSlow(cfg *config, ad adapter) *Result {
 	withSlow := b.measureStep("slow", pool.plan(msgRate), size, cfg.duration)
 	close(stop)
 	wg.Wait()
-	after := readProc(cfg.pid)
+	after := readProcs(cfg.pids)
 	res.Steps = append(res.Steps, withSlow)
 	logf("  slow:     p99 %.2f ms delivery %.4f %s", withSlow.P99, withSlow.DeliveryRatio, withSlow.Why)
 
