@@ -46,6 +46,10 @@ type event struct {
 	raw string
 }
 
+// maxRaw bounds the text of an event that failure messages show: a welcome
+// may hold a hundred messages.
+const maxRaw = 400
+
 // A client is a WebSocket client of one node. Its reader runs in the
 // background and queues every event without bound, so that the client
 // answers pings and never makes a Server drop it as too slow, whatever the
@@ -129,6 +133,9 @@ func (c *client) readLoop() {
 				return
 			}
 			e.raw = line
+			if len(line) > maxRaw {
+				e.raw = fmt.Sprintf("%s… (%d bytes)", line[:maxRaw], len(line))
+			}
 			c.mu.Lock()
 			c.events = append(c.events, e)
 			c.mu.Unlock()
