@@ -16,6 +16,13 @@ var errRoomClosed = errors.New("room closed")
 // a cluster it is a lost or delayed publication.
 const gapWait = 50 * time.Millisecond
 
+// skipWait is how long a room waits for a message that the store no
+// longer keeps before it gives up on it and tells its members of the gap.
+// A message is rarely lost for good: more often it is only late, behind a
+// busy broker or a sender that was descheduled, so the room waits for it
+// far longer than it waits before asking the store.
+const skipWait = 2 * time.Second
+
 // retryWait is how long a room waits before asking a store that failed
 // again.
 const retryWait = time.Second
@@ -75,6 +82,7 @@ type room struct {
 	hist       *ring // the newest messages delivered; hist.last is the newest delivered id
 	hasHistory bool  // a message was stored here through this node, or the store had some
 	pending    map[int64]pendingMessage
+	gapSince   time.Time // when the oldest held message arrived; zero with none held
 	gapTimer   *time.Timer
 	filling    bool
 	refill     bool // a fill was asked for while one ran
@@ -439,6 +447,9 @@ func (r *room) offerLocked(m Message, a ack) {
 		a.send()
 		r.drainPendingLocked()
 	case len(r.pending) < maxPending:
+		if len(r.pending) == 0 {
+			r.gapSince = time.Now()
+		}
 		r.pending[m.ID] = pendingMessage{m, a}
 		if r.gapTimer == nil && !r.filling {
 			r.gapTimer = r.fillAfterLocked(gapWait)
@@ -542,9 +553,10 @@ func (r *room) fill(gen int) {
 		switch {
 		case st.Epoch != r.epoch:
 			r.resyncLocked(st, msgs)
-		case len(msgs) > 0 && msgs[0].ID > r.hist.last+1 && r.appending.Load() > 0:
-			// The store no longer has the next message, but it may be
-			// this node's own, still on its way from Append to offer.
+		case len(msgs) > 0 && msgs[0].ID > r.hist.last+1 && (r.appending.Load() > 0 || time.Since(r.gapSince) < skipWait):
+			// The store no longer has the next message, but it may only
+			// be late: this node's own, still on its way from Append to
+			// offer, or another node's behind a busy broker.
 			r.filling = false
 			r.gapTimer = r.fillAfterLocked(gapWait)
 			r.mu.Unlock()
