@@ -145,8 +145,8 @@ func (n *memoryClusterNode) After(ctx context.Context, room string, after int64,
 	return n.store.After(ctx, room, after, limit)
 }
 
-func (n *memoryClusterNode) Latest(ctx context.Context, room string, count int) (RoomState, []Message, error) {
-	return n.store.Latest(ctx, room, count)
+func (n *memoryClusterNode) Before(ctx context.Context, room string, before int64, limit int) (RoomState, []Message, error) {
+	return n.store.Before(ctx, room, before, limit)
 }
 
 // memoryHub is the shared state of in-memory brokers: every node's

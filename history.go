@@ -91,9 +91,14 @@ func (h *ring) after(after int64, limit int) []Message {
 	return msgs
 }
 
-// latest returns the newest n kept messages, oldest first.
-func (h *ring) latest(n int) []Message {
-	return h.after(h.last-int64(n), n)
+// before returns the newest limit kept messages with an id below before
+// (any id when before is 0), oldest first.
+func (h *ring) before(before int64, limit int) []Message {
+	if before <= 0 || before > h.last {
+		before = h.last + 1
+	}
+	first := max(before-int64(limit), h.oldest())
+	return h.after(first-1, int(before-first))
 }
 
 // truncated reports whether some messages with an id above after are no

@@ -145,7 +145,7 @@ func (r *room) hold(ctx context.Context) error {
 	r.loading = true
 	r.mu.Unlock()
 	unsubscribe := r.srv.broker.Subscribe(r.name, r.receive)
-	st, msgs, err := r.srv.store.Latest(ctx, r.name, r.cfg.historySize)
+	st, msgs, err := r.srv.store.Before(ctx, r.name, 0, r.cfg.historySize)
 	var users []string
 	if err == nil {
 		users, err = r.srv.broker.Members(ctx, r.name)
@@ -535,7 +535,7 @@ func (r *room) fill(gen int) {
 		ctx, cancel := r.srv.storeContext(context.Background())
 		st, msgs, err := r.srv.store.After(ctx, r.name, after, fillPage)
 		if err == nil && st.Epoch != epoch {
-			st, msgs, err = r.srv.store.Latest(ctx, r.name, r.cfg.historySize)
+			st, msgs, err = r.srv.store.Before(ctx, r.name, 0, r.cfg.historySize)
 		}
 		cancel()
 

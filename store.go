@@ -34,9 +34,10 @@ type Store interface {
 	// kept messages with an id above after.
 	After(ctx context.Context, room string, after int64, limit int) (RoomState, []Message, error)
 
-	// Latest returns the room's state and its newest kept messages, at
-	// most n, oldest first.
-	Latest(ctx context.Context, room string, n int) (RoomState, []Message, error)
+	// Before returns the room's state and, oldest first, its newest kept
+	// messages with an id below before, at most limit; before 0 means
+	// the room's newest messages. It serves welcomes and scrollback.
+	Before(ctx context.Context, room string, before int64, limit int) (RoomState, []Message, error)
 }
 
 // RoomState describes a room's id sequence in a Store.
@@ -102,12 +103,12 @@ func (s *MemoryStore) After(ctx context.Context, room string, after int64, limit
 	return r.state(), r.after(after, limit), nil
 }
 
-// Latest implements Store.
-func (s *MemoryStore) Latest(ctx context.Context, room string, n int) (RoomState, []Message, error) {
+// Before implements Store.
+func (s *MemoryStore) Before(ctx context.Context, room string, before int64, limit int) (RoomState, []Message, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r := s.roomLocked(room)
-	return r.state(), r.latest(n), nil
+	return r.state(), r.before(before, limit), nil
 }
 
 // Forget drops everything the store keeps of room; the next use of the

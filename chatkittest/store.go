@@ -28,7 +28,7 @@ func RunStoreTests(t *testing.T, newStore func(t *testing.T) chatkit.Store) {
 		{"epoch is set before the first append", testEpochBeforeAppend},
 		{"one epoch for every message and state of a room", testOneEpoch},
 		{"after returns the messages above an id", testAfter},
-		{"latest returns the newest messages", testLatest},
+		{"before returns the newest messages below an id", testBefore},
 		{"retry with the same client id is a dup", testDup},
 		{"client id of another user or room or none is no dup", testNotDup},
 		{"concurrent appends get every id once", testConcurrentAppends},
@@ -70,11 +70,17 @@ func after(t *testing.T, s chatkit.Store, room string, after int64, limit int) (
 	return st, msgs
 }
 
+// latest is Before(0, n): the newest n messages.
 func latest(t *testing.T, s chatkit.Store, room string, n int) (chatkit.RoomState, []chatkit.Message) {
 	t.Helper()
-	st, msgs, err := s.Latest(testContext(t), room, n)
+	return before(t, s, room, 0, n)
+}
+
+func before(t *testing.T, s chatkit.Store, room string, id int64, limit int) (chatkit.RoomState, []chatkit.Message) {
+	t.Helper()
+	st, msgs, err := s.Before(testContext(t), room, id, limit)
 	if err != nil {
-		t.Fatalf("Latest(%q, %d): %v", room, n, err)
+		t.Fatalf("Before(%q, %d, %d): %v", room, id, limit, err)
 	}
 	return st, msgs
 }
@@ -162,7 +168,7 @@ func testKeepsFields(t *testing.T, s chatkit.Store) {
 		}
 		_, afterMsgs := after(t, s, want.Room, 0, 10)
 		_, latestMsgs := latest(t, s, want.Room, 10)
-		for call, msgs := range map[string][]chatkit.Message{"After": afterMsgs, "Latest": latestMsgs} {
+		for call, msgs := range map[string][]chatkit.Message{"After": afterMsgs, "Before": latestMsgs} {
 			if len(msgs) != 1 || !sameMessage(msgs[0], want) {
 				t.Errorf("%s: %s returned %d messages, want only %s", tt.name, call, len(msgs), formatMessage(want))
 				for _, m := range msgs {
@@ -176,7 +182,7 @@ func testKeepsFields(t *testing.T, s chatkit.Store) {
 func testEpochBeforeAppend(t *testing.T, s chatkit.Store) {
 	// A room first asked for by either method has its epoch already.
 	probes := map[string]func(room string) (chatkit.RoomState, []chatkit.Message){
-		"Latest": func(room string) (chatkit.RoomState, []chatkit.Message) { return latest(t, s, room, 10) },
+		"Before": func(room string) (chatkit.RoomState, []chatkit.Message) { return latest(t, s, room, 10) },
 		"After":  func(room string) (chatkit.RoomState, []chatkit.Message) { return after(t, s, room, 0, 10) },
 	}
 	for name, probe := range probes {
@@ -248,30 +254,37 @@ func testAfter(t *testing.T, s chatkit.Store) {
 	}
 }
 
-func testLatest(t *testing.T, s chatkit.Store) {
+func testBefore(t *testing.T, s chatkit.Store) {
 	stored := appendN(t, s, "r1", 10)
 	wantState := chatkit.RoomState{Epoch: stored[0].Epoch, LastID: 10, OldestID: 1}
 	tests := []struct {
-		n    int
-		want []int64
+		before int64
+		limit  int
+		want   []int64
 	}{
-		{1, idRange(10, 10)},
-		{3, idRange(8, 10)},
-		{10, idRange(1, 10)},
-		{100, idRange(1, 10)},
-		{0, []int64{}},
+		{0, 1, idRange(10, 10)},
+		{0, 3, idRange(8, 10)},
+		{0, 10, idRange(1, 10)},
+		{0, 100, idRange(1, 10)},
+		{0, 0, []int64{}},
+		{8, 3, idRange(5, 7)},
+		{4, 10, idRange(1, 3)},
+		{2, 10, idRange(1, 1)},
+		{1, 10, []int64{}},
+		{11, 2, idRange(9, 10)},
+		{99, 2, idRange(9, 10)},
 	}
 	for _, tt := range tests {
-		st, msgs := latest(t, s, "r1", tt.n)
+		st, msgs := before(t, s, "r1", tt.before, tt.limit)
 		if !slices.Equal(ids(msgs), tt.want) {
-			t.Errorf("Latest(%d): ids %v, want %v", tt.n, ids(msgs), tt.want)
+			t.Errorf("Before(%d, %d): ids %v, want %v", tt.before, tt.limit, ids(msgs), tt.want)
 		}
 		if st != wantState {
-			t.Errorf("Latest(%d): state %+v, want %+v", tt.n, st, wantState)
+			t.Errorf("Before(%d, %d): state %+v, want %+v", tt.before, tt.limit, st, wantState)
 		}
 		for _, m := range msgs {
 			if m.ID >= 1 && m.ID <= 10 && !sameMessage(m, stored[m.ID-1]) {
-				t.Errorf("Latest(%d): got %s, stored %s", tt.n, formatMessage(m), formatMessage(stored[m.ID-1]))
+				t.Errorf("Before(%d, %d): got %s, stored %s", tt.before, tt.limit, formatMessage(m), formatMessage(stored[m.ID-1]))
 			}
 		}
 	}
@@ -360,7 +373,7 @@ func testConcurrentAppends(t *testing.T, s chatkit.Store) {
 	}
 	st, msgs := latest(t, s, "r1", 50)
 	if st.LastID != writers*each || !slices.Equal(ids(msgs), idRange(writers*each-49, writers*each)) {
-		t.Errorf("after concurrent appends: LastID %d, Latest(50) ids %v; want %d and the last 50",
+		t.Errorf("after concurrent appends: LastID %d, Before(0, 50) ids %v; want %d and the last 50",
 			st.LastID, ids(msgs), writers*each)
 	}
 }
@@ -378,8 +391,8 @@ func testCanceledContext(t *testing.T, s chatkit.Store) {
 			_, _, err := s.After(ctx, "r1", 0, 10)
 			return err
 		}},
-		{"Latest", func(ctx context.Context) error {
-			_, _, err := s.Latest(ctx, "r1", 10)
+		{"Before", func(ctx context.Context) error {
+			_, _, err := s.Before(ctx, "r1", 0, 10)
 			return err
 		}},
 	}

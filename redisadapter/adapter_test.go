@@ -280,9 +280,9 @@ func appendMsg(t *testing.T, s chatkit.Store, room, user, text, cmid string) (ch
 
 func latest(t *testing.T, s chatkit.Store, room string, n int) (chatkit.RoomState, []chatkit.Message) {
 	t.Helper()
-	st, msgs, err := s.Latest(testContext(t), room, n)
+	st, msgs, err := s.Before(testContext(t), room, 0, n)
 	if err != nil {
-		t.Fatalf("Latest: %v", err)
+		t.Fatalf("Before: %v", err)
 	}
 	return st, msgs
 }
@@ -755,7 +755,7 @@ func TestUnresponsiveRedis(t *testing.T) {
 			return err
 		},
 		"After":   func(ctx context.Context) error { _, _, err := a.After(ctx, "r", 0, 10); return err },
-		"Latest":  func(ctx context.Context) error { _, _, err := a.Latest(ctx, "r", 10); return err },
+		"Before":  func(ctx context.Context) error { _, _, err := a.Before(ctx, "r", 0, 10); return err },
 		"Join":    func(ctx context.Context) error { _, err := a.Join(ctx, m, false); return err },
 		"Members": func(ctx context.Context) error { _, err := a.Members(ctx, "r"); return err },
 		"Publish": func(ctx context.Context) error {

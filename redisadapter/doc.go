@@ -40,7 +40,7 @@
 //   - Append stores the message, trims the history, and publishes the
 //     message to the room's channel in the same script: a message that is
 //     stored is published, and one that is not, is not.
-//   - After and Latest read the state and the messages in one step.
+//   - After and Before read the state and the messages in one step.
 //
 // Presence, also in scripts: exactly one Join of a user's sessions
 // (across all nodes) reports first and publishes an EventJoined, and

@@ -123,8 +123,9 @@ redis.call('PUBLISH', ARGV[7], ARGV[8] .. '"epoch":"' .. epoch .. '","message":'
 return {0, epoch, id}
 `)
 
-// readScript: ARGV[3] "after" or "latest", ARGV[4] after, ARGV[5] limit
-// (or n), both read in one step with the state they belong to. Returns
+// readScript: ARGV[3] "after" or "before", ARGV[4] the id after or before
+// which (0 with "before": the newest), ARGV[5] the limit, read in one step
+// with the state they belong to. Returns
 // {epoch, last, oldest, messages}.
 var readScript = redis.NewScript(luaEpoch + `
 local last = tonumber(redis.call('HGET', KEYS[1], 'last'))
@@ -136,8 +137,11 @@ local msgs = {}
 if n > 0 then
   if ARGV[3] == 'after' then
     msgs = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[4], '+inf', 'LIMIT', 0, n)
-  else
+  elseif ARGV[4] == '0' then
     msgs = redis.call('ZRANGE', KEYS[2], -n, -1)
+  else
+    local newest = redis.call('ZREVRANGEBYSCORE', KEYS[2], '(' .. ARGV[4], '-inf', 'LIMIT', 0, n)
+    for i = #newest, 1, -1 do msgs[#msgs + 1] = newest[i] end
   end
 end
 return {epoch, last, oldest, msgs}
@@ -194,11 +198,12 @@ func (a *Adapter) After(ctx context.Context, room string, after int64, limit int
 	return a.read(ctx, room, "after", after, limit)
 }
 
-// Latest implements chatkit.Store: the room's state and its newest n kept
-// messages, oldest first, read in one step. An n of 0 or less returns no
-// message. Like After, it gives an unknown room its epoch.
-func (a *Adapter) Latest(ctx context.Context, room string, n int) (chatkit.RoomState, []chatkit.Message, error) {
-	return a.read(ctx, room, "latest", 0, n)
+// Before implements chatkit.Store: the room's state and, oldest first, its
+// newest kept messages with an id below before (the newest of all when
+// before is 0 or less), at most limit, read in one step. A limit of 0 or
+// less returns no message. Like After, it gives an unknown room its epoch.
+func (a *Adapter) Before(ctx context.Context, room string, before int64, limit int) (chatkit.RoomState, []chatkit.Message, error) {
+	return a.read(ctx, room, "before", max(before, 0), limit)
 }
 
 func (a *Adapter) read(ctx context.Context, room, mode string, after int64, n int) (chatkit.RoomState, []chatkit.Message, error) {
