@@ -942,6 +942,11 @@ func TestNewPanicsOnInvalidOptions(t *testing.T) {
 		{"bad origin pattern", func() Option { return WithOriginPatterns("[") }, "WithOriginPatterns([)"},
 		{"zero rooms", func() Option { return WithMaxRooms(0) }, "WithMaxRooms(0)"},
 		{"nil auth", func() Option { return WithAuth(nil) }, "WithAuth(nil)"},
+		{"nil store", func() Option { return WithStore(nil) }, "WithStore(nil)"},
+		{"nil broker", func() Option { return WithBroker(nil) }, "WithBroker(nil)"},
+		{"nil adapter", func() Option { return WithAdapter(nil) }, "WithAdapter(nil)"},
+		{"zero store timeout", func() Option { return WithStoreTimeout(0) }, "WithStoreTimeout(0s)"},
+		{"zero history burst", func() Option { return WithHistoryRateLimit(1, 0) }, "WithHistoryRateLimit(0)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

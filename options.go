@@ -44,6 +44,8 @@ type config struct {
 	broker        Broker // nil: a single-node broker, made by New
 	adapter       bool   // store and broker are one Adapter whose Append publishes
 	storeTimeout  time.Duration
+	historyRate   rate.Limit
+	historyBurst  int
 }
 
 func defaultConfig() config {
@@ -62,6 +64,8 @@ func defaultConfig() config {
 		roomTTL:       time.Hour,
 		maxRooms:      10000,
 		storeTimeout:  3 * time.Second,
+		historyRate:   2,
+		historyBurst:  5,
 	}
 }
 
@@ -314,4 +318,20 @@ func WithStoreTimeout(d time.Duration) Option {
 		badOption("WithStoreTimeout", d, "must be positive")
 	}
 	return func(c *config) { c.storeTimeout = d }
+}
+
+// WithHistoryRateLimit sets each session's token bucket for history
+// (scrollback) requests, each of which may be a database query: r requests
+// per second on average, bursts of up to burst (default 2 and 5). Over it, a
+// request gets the error event "rate_limited" with retry_after_ms.
+// rate.Inf disables the limit. A negative r, or a finite r with burst < 1,
+// panics.
+func WithHistoryRateLimit(r rate.Limit, burst int) Option {
+	if r < 0 {
+		badOption("WithHistoryRateLimit", r, "rate must not be negative")
+	}
+	if r != rate.Inf && burst < 1 {
+		badOption("WithHistoryRateLimit", burst, "burst must be at least 1")
+	}
+	return func(c *config) { c.historyRate, c.historyBurst = r, burst }
 }

@@ -40,6 +40,7 @@ const (
 	typeAck        = "ack"
 	typeTyping     = "typing"
 	typeError      = "error"
+	typeHistory    = "history"
 )
 
 // Error codes of the error event.
@@ -149,7 +150,18 @@ type errorEvent struct {
 	Code         string `json:"code"`
 	Error        string `json:"error"`
 	ClientMsgID  string `json:"client_msg_id,omitempty"`
+	RequestID    string `json:"request_id,omitempty"`
 	RetryAfterMS int64  `json:"retry_after_ms,omitempty"`
+}
+
+// historyEvent answers a history command: one page of scrollback.
+type historyEvent struct {
+	Type      string      `json:"type"`
+	Room      string      `json:"room"`
+	Epoch     string      `json:"epoch"`
+	RequestID string      `json:"request_id,omitempty"`
+	Messages  []chatEvent `json:"messages"`
+	HasMore   bool        `json:"has_more"`
 }
 
 // encode marshals one event into a frame. Events are plain structs of
@@ -170,6 +182,11 @@ type command struct {
 	Type        string `json:"type"`
 	Text        string `json:"text"`
 	ClientMsgID string `json:"client_msg_id"`
+
+	// Fields of a history command; nil when absent.
+	Before    *int64 `json:"before"`
+	Limit     *int64 `json:"limit"`
+	RequestID string `json:"request_id"`
 
 	// raw marks a frame that was plain text, not a JSON command. Raw
 	// messages get no ack: their senders (the seed's clients) know no acks.
@@ -197,6 +214,8 @@ func decodeFrame(data []byte) (command, error) {
 	case errors.As(err, &syntax):
 		return command{Type: typeChat, Text: string(data), raw: true}, nil
 	default:
-		return command{Type: c.Type, ClientMsgID: c.ClientMsgID}, errBadCommand
+		// The decoder goes on past a field of the wrong type, so the ids
+		// that are there can still be echoed.
+		return command{Type: c.Type, ClientMsgID: c.ClientMsgID, RequestID: c.RequestID}, errBadCommand
 	}
 }

@@ -14,23 +14,38 @@ const typingInterval = time.Second
 // goroutine, so it needs no lock of its own.
 type limiter struct {
 	messages   *rate.Limiter // nil: unlimited
+	history    *rate.Limiter // nil: unlimited
 	lastTyping time.Time
 }
 
-func newLimiter(r rate.Limit, burst int) limiter {
-	if r == rate.Inf {
-		return limiter{}
+func newLimiter(cfg *config) limiter {
+	var l limiter
+	if cfg.rate != rate.Inf {
+		l.messages = rate.NewLimiter(cfg.rate, cfg.burst)
 	}
-	return limiter{messages: rate.NewLimiter(r, burst)}
+	if cfg.historyRate != rate.Inf {
+		l.history = rate.NewLimiter(cfg.historyRate, cfg.historyBurst)
+	}
+	return l
 }
 
 // allowMessage takes one token for a chat message. When none is available
 // it takes nothing and returns how long until one will be.
 func (l *limiter) allowMessage(now time.Time) (ok bool, retryAfter time.Duration) {
-	if l.messages == nil {
+	return take(l.messages, now)
+}
+
+// allowHistory takes one token for a history request, each of which may
+// be a database query.
+func (l *limiter) allowHistory(now time.Time) (ok bool, retryAfter time.Duration) {
+	return take(l.history, now)
+}
+
+func take(lim *rate.Limiter, now time.Time) (bool, time.Duration) {
+	if lim == nil {
 		return true, 0
 	}
-	r := l.messages.ReserveN(now, 1)
+	r := lim.ReserveN(now, 1)
 	if d := r.DelayFrom(now); d > 0 {
 		r.CancelAt(now)
 		return false, d

@@ -57,7 +57,7 @@ func newSession(srv *Server, r *room, username string) *session {
 		room:     r,
 		srv:      srv,
 		index:    -1,
-		limiter:  newLimiter(srv.cfg.rate, srv.cfg.burst),
+		limiter:  newLimiter(&srv.cfg),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.touch()
@@ -179,12 +179,15 @@ func (s *session) readLoop() (websocket.StatusCode, string) {
 func (s *session) handle(ctx context.Context, data []byte) {
 	cmd, err := decodeFrame(data)
 	if err != nil {
-		s.sendError(codeBadRequest, "invalid command: a field has the wrong type", cmd.ClientMsgID)
+		s.enqueueOrDrop(encode(errorEvent{Type: typeError, Code: codeBadRequest, Error: "invalid command: a field has the wrong type",
+			ClientMsgID: cmd.ClientMsgID, RequestID: cmd.RequestID}))
 		return
 	}
 	switch cmd.Type {
 	case typeChat:
 		s.chat(ctx, cmd)
+	case typeHistory:
+		s.history(ctx, cmd)
 	case typeTyping:
 		if s.limiter.allowTyping(time.Now()) {
 			s.room.typing(s)
@@ -235,6 +238,60 @@ func (s *session) chat(ctx context.Context, cmd command) {
 		s.srv.cfg.logger.Warn("chatkit: storing a message failed", "room", s.room.name, "session", s.id, "err", err)
 		s.sendError(codeUnavailable, "the message could not be stored; it may have been: send it again with the same client_msg_id", id)
 	}
+}
+
+// Scrollback pages: the default and the largest number of messages.
+const (
+	defaultPage = 50
+	maxPage     = 100
+)
+
+// history answers a history command with one page of older messages from
+// the store, to this session only.
+func (s *session) history(ctx context.Context, cmd command) {
+	fail := func(code, text string, retryAfter time.Duration) {
+		s.enqueueOrDrop(encode(errorEvent{Type: typeError, Code: code, Error: text, RequestID: cmd.RequestID,
+			RetryAfterMS: (retryAfter + time.Millisecond - 1).Milliseconds()}))
+	}
+	if utf8.RuneCountInString(cmd.RequestID) > maxClientMsgID {
+		cmd.RequestID = ""
+		fail(codeBadRequest, fmt.Sprintf("request_id exceeds %d characters", maxClientMsgID), 0)
+		return
+	}
+	limit := int64(defaultPage)
+	if cmd.Limit != nil {
+		if *cmd.Limit < 1 {
+			fail(codeBadRequest, "limit must be a positive integer", 0)
+			return
+		}
+		limit = min(*cmd.Limit, maxPage)
+	}
+	var before int64
+	if cmd.Before != nil {
+		if *cmd.Before < 1 {
+			fail(codeBadRequest, "before must be a positive integer message id", 0)
+			return
+		}
+		before = *cmd.Before
+	}
+	if ok, wait := s.limiter.allowHistory(time.Now()); !ok {
+		fail(codeRateLimited, fmt.Sprintf("history rate limit exceeded; retry in %d ms", (wait+time.Millisecond-1).Milliseconds()), wait)
+		return
+	}
+	storeCtx, cancel := s.srv.storeContext(ctx)
+	st, msgs, err := s.srv.store.Before(storeCtx, s.room.name, before, int(limit))
+	cancel()
+	if err != nil {
+		s.srv.cfg.logger.Warn("chatkit: reading history failed", "room", s.room.name, "session", s.id, "err", err)
+		fail(codeUnavailable, "history could not be read; retry later", 0)
+		return
+	}
+	page := make([]chatEvent, len(msgs))
+	for i, m := range msgs {
+		page[i] = newChatEvent(m)
+	}
+	s.enqueueOrDrop(encode(historyEvent{Type: typeHistory, Room: s.room.name, Epoch: st.Epoch, RequestID: cmd.RequestID,
+		Messages: page, HasMore: len(msgs) > 0 && msgs[0].ID > st.OldestID}))
 }
 
 func (s *session) sendError(code, text, clientMsgID string) {

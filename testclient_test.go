@@ -35,6 +35,9 @@ type event struct {
 	Code             string         `json:"code"`
 	Error            string         `json:"error"`
 	RetryAfterMS     int64          `json:"retry_after_ms"`
+	RequestID        string         `json:"request_id"`
+	Messages         []event        `json:"messages"`
+	HasMore          bool           `json:"has_more"`
 
 	raw string
 }
