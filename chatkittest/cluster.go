@@ -82,13 +82,13 @@ func startNodes(t *testing.T, newNode func() chatkit.Adapter, n int, opts ...cha
 // join connects username to the test room on n, as a client of the given
 // style, and returns the client and its welcome. params are further query
 // parameters, as name and value pairs.
-func (n *node) join(t *testing.T, username, style string, params ...string) (*client, event) {
+func (n *node) join(t *testing.T, username, style string, params ...string) (*Client, Event) {
 	t.Helper()
-	c := dial(t, n.url, n.query(username, params...), style)
-	c.name = username + "@" + n.name
-	w := c.next()
+	c := Dial(t, n.url, n.query(username, params...), style)
+	c.Name = username + "@" + n.name
+	w := c.Next()
 	if w.Type != evWelcome || w.Room != clusterRoom || w.Username != username {
-		t.Fatalf("%s: first event %s, want the welcome of %s in %q", c.name, w.raw, username, clusterRoom)
+		t.Fatalf("%s: first event %s, want the welcome of %s in %q", c.Name, w.Raw, username, clusterRoom)
 	}
 	return c, w
 }
@@ -109,7 +109,7 @@ func expectUsers(t *testing.T, what string, got []string, want ...string) {
 }
 
 // expectHistory checks a welcome's history and history_truncated.
-func expectHistory(t *testing.T, what string, w event, truncated bool, want ...chatkit.Message) {
+func expectHistory(t *testing.T, what string, w Event, truncated bool, want ...chatkit.Message) {
 	t.Helper()
 	ok := len(w.History) == len(want) && w.HistoryTruncated == truncated
 	for i := 0; ok && i < len(want); i++ {
@@ -117,7 +117,7 @@ func expectHistory(t *testing.T, what string, w event, truncated bool, want ...c
 		ok = h.Type == evChat && h.ID == want[i].ID && h.Text == want[i].Text && h.Username == want[i].Username
 	}
 	if !ok {
-		t.Errorf("%s: welcome %s, want history_truncated %v and the messages %v", what, w.raw, truncated, messageIDs(want))
+		t.Errorf("%s: welcome %s, want history_truncated %v and the messages %v", what, w.Raw, truncated, messageIDs(want))
 	}
 }
 
@@ -130,15 +130,15 @@ func messageIDs(msgs []chatkit.Message) []int64 {
 }
 
 // sameChat reports whether two clients got the same message.
-func sameChat(a, b event) bool {
+func sameChat(a, b Event) bool {
 	return a.Type == evChat && b.Type == evChat && a.Room == b.Room && a.ID == b.ID && a.Username == b.Username &&
 		a.Text == b.Text && a.Timestamp == b.Timestamp && a.ClientMsgID == b.ClientMsgID
 }
 
-func expectClosed(t *testing.T, c *client, code websocket.StatusCode, reason string) {
+func expectClosed(t *testing.T, c *Client, code websocket.StatusCode, reason string) {
 	t.Helper()
-	if gotCode, gotReason := c.closed(); gotCode != code || gotReason != reason {
-		t.Errorf("%s: closed with %d %q, want %d %q", c.name, gotCode, gotReason, code, reason)
+	if gotCode, gotReason := c.Closed(); gotCode != code || gotReason != reason {
+		t.Errorf("%s: closed with %d %q, want %d %q", c.Name, gotCode, gotReason, code, reason)
 	}
 }
 
@@ -153,7 +153,7 @@ func testPresenceCrossesNodes(t *testing.T, newNode func() chatkit.Adapter) {
 	bob.expectPresence(evUserJoined, "Bob", "Alice", "Bob")
 	alice.expectPresence(evUserJoined, "Bob", "Alice", "Bob")
 
-	bob.close()
+	bob.Close()
 	alice.expectPresence(evUserLeft, "Bob", "Alice")
 }
 
@@ -164,13 +164,13 @@ func testMessagesCrossNodes(t *testing.T, newNode func() chatkit.Adapter) {
 	bob, _ := nodes[1].join(t, "Bob", v1Style)
 	carol, _ := nodes[2].join(t, "Carol", seedStyle)
 
-	sent := alice.sendChat("hello, nodes", "c-1")
+	sent := alice.SendChat("hello, nodes", "c-1")
 	if sent.ID != 1 || sent.Room != clusterRoom {
-		t.Errorf("Alice's copy %s, want id 1 in %q", sent.raw, clusterRoom)
+		t.Errorf("Alice's copy %s, want id 1 in %q", sent.Raw, clusterRoom)
 	}
-	for _, c := range []*client{dave, bob, carol} {
+	for _, c := range []*Client{dave, bob, carol} {
 		if got := c.nextNotPresence(); !sameChat(got, sent) {
-			t.Errorf("%s: got %s, want the message Alice got: %s", c.name, got.raw, sent.raw)
+			t.Errorf("%s: got %s, want the message Alice got: %s", c.Name, got.Raw, sent.Raw)
 		}
 	}
 }
@@ -185,7 +185,7 @@ func testOneOrder(t *testing.T, newNode func() chatkit.Adapter) {
 	// that holds every message, so that a client the race detector slows
 	// down is not dropped as too slow: this test is about order.
 	nodes := startNodes(t, newNode, 3, chatkit.WithRateLimit(rate.Inf, 1), chatkit.WithSendQueue(2*total))
-	clients := make([]*client, senders)
+	clients := make([]*Client, senders)
 	for i := range clients {
 		style := seedStyle
 		if i%2 == 1 {
@@ -206,7 +206,7 @@ func testOneOrder(t *testing.T, newNode func() chatkit.Adapter) {
 		wg.Go(func() {
 			for j := range each {
 				if err := c.trySend(chatCommand(oneOrderText(j), fmt.Sprint("m-", j))); err != nil {
-					errs <- fmt.Errorf("%s: %w", c.name, err)
+					errs <- fmt.Errorf("%s: %w", c.Name, err)
 					return
 				}
 			}
@@ -218,12 +218,12 @@ func testOneOrder(t *testing.T, newNode func() chatkit.Adapter) {
 		t.Fatal(err)
 	}
 
-	var first []event
+	var first []Event
 	for _, c := range clients {
 		got := receiveAll(t, c, total, each)
 		for i, e := range got {
 			if e.ID != int64(i+1) {
-				t.Fatalf("%s: message #%d is %s, want id %d: ids must be 1..%d in order, each once", c.name, i+1, e.raw, i+1, total)
+				t.Fatalf("%s: message #%d is %s, want id %d: ids must be 1..%d in order, each once", c.Name, i+1, e.Raw, i+1, total)
 			}
 		}
 		if first == nil {
@@ -231,7 +231,7 @@ func testOneOrder(t *testing.T, newNode func() chatkit.Adapter) {
 			for _, e := range got {
 				key := e.Username + ": " + e.Text
 				if !want[key] {
-					t.Fatalf("%s: got %s, which was not sent or came twice", c.name, e.raw)
+					t.Fatalf("%s: got %s, which was not sent or came twice", c.Name, e.Raw)
 				}
 				delete(want, key)
 			}
@@ -239,7 +239,7 @@ func testOneOrder(t *testing.T, newNode func() chatkit.Adapter) {
 		}
 		for i, e := range got {
 			if !sameChat(e, first[i]) {
-				t.Fatalf("%s got %s as message #%d, %s got %s", c.name, e.raw, i+1, clients[0].name, first[i].raw)
+				t.Fatalf("%s got %s as message #%d, %s got %s", c.Name, e.Raw, i+1, clients[0].Name, first[i].Raw)
 			}
 		}
 	}
@@ -250,9 +250,9 @@ func oneOrderText(j int) string { return fmt.Sprint("message ", j) }
 // receiveAll reads until c has total chat messages and acks acks, and
 // returns the messages in the order received. Every ack must follow the
 // client's own copy of its message and carry its id.
-func receiveAll(t *testing.T, c *client, total, acks int) []event {
+func receiveAll(t *testing.T, c *Client, total, acks int) []Event {
 	t.Helper()
-	var msgs []event
+	var msgs []Event
 	own := make(map[string]int64) // client_msg_id to id of own messages received
 	acked := make(map[string]bool)
 	// What a client had when it failed tells a lost message from a lost
@@ -277,7 +277,7 @@ func receiveAll(t *testing.T, c *client, total, acks int) []event {
 		}
 		slices.Sort(unacked)
 		t.Logf("%s had received %d of %d messages, with the ids out of sequence %q, and %d of %d acks; no ack yet for its messages %v",
-			c.name, len(msgs), total, gaps, len(acked), acks, unacked)
+			c.Name, len(msgs), total, gaps, len(acked), acks, unacked)
 	}()
 	for len(msgs) < total || len(acked) < acks {
 		e := c.nextNotPresence()
@@ -291,11 +291,11 @@ func receiveAll(t *testing.T, c *client, total, acks int) []event {
 			id, ok := own[e.ClientMsgID]
 			if !ok || id != e.ID || acked[e.ClientMsgID] {
 				t.Fatalf("%s: got %s; own copy had id %d (0: not received yet); acked before: %v",
-					c.name, e.raw, id, acked[e.ClientMsgID])
+					c.Name, e.Raw, id, acked[e.ClientMsgID])
 			}
 			acked[e.ClientMsgID] = true
 		default:
-			t.Fatalf("%s: got %s, want only messages and acks", c.name, e.raw)
+			t.Fatalf("%s: got %s, want only messages and acks", c.Name, e.Raw)
 		}
 	}
 	return msgs
@@ -319,8 +319,8 @@ func testResumeOnAnotherNode(t *testing.T, newNode func() chatkit.Adapter) {
 	// Alice sees up to id 3 on node 1; the resumes below pretend she
 	// lost the rest.
 	for i := range 3 {
-		if e := alice.nextOf(evChat); e.ID != int64(i+1) {
-			t.Fatalf("Alice on node 1: got %s, want id %d", e.raw, i+1)
+		if e := alice.NextOf(evChat); e.ID != int64(i+1) {
+			t.Fatalf("Alice on node 1: got %s, want id %d", e.Raw, i+1)
 		}
 	}
 
@@ -332,16 +332,16 @@ func testResumeOnAnotherNode(t *testing.T, newNode func() chatkit.Adapter) {
 
 	// Before each reconnect, Bob sees Alice leave: until her node has
 	// ended her session, her name is taken.
-	alice.close()
-	bob.nextOf(evUserLeft)
+	alice.Close()
+	bob.NextOf(evUserLeft)
 	resumed, w := nodes[1].join(t, "Alice", seedStyle, "since", "3", "epoch", epoch)
 	expectHistory(t, "welcome on node 2 with since=3 and node 1's epoch", w, false, sent[3:]...)
 	if w.Epoch != epoch {
 		t.Errorf("welcome on node 2 with since=3: epoch %q, want %q", w.Epoch, epoch)
 	}
 
-	resumed.close()
-	bob.nextOf(evUserLeft)
+	resumed.Close()
+	bob.NextOf(evUserLeft)
 	_, w = nodes[1].join(t, "Alice", seedStyle, "since", "3", "epoch", "not-the-epoch")
 	expectHistory(t, "welcome on node 2 with since=3 and a wrong epoch", w, true, sent...)
 }
@@ -351,11 +351,11 @@ func testDuplicateRefused(t *testing.T, newNode func() chatkit.Adapter) {
 	alice, _ := nodes[0].join(t, "Alice", seedStyle)
 	alice.expectPresence(evUserJoined, "Alice", "Alice")
 
-	dup := dial(t, nodes[1].url, nodes[1].query("Alice"), v1Style)
-	dup.name = "second Alice@node 2"
+	dup := Dial(t, nodes[1].url, nodes[1].query("Alice"), v1Style)
+	dup.Name = "second Alice@node 2"
 	expectClosed(t, dup, websocket.StatusPolicyViolation, "username taken")
 	if e, ok := dup.take(); ok {
-		t.Errorf("%s: got %s before the close, want nothing", dup.name, e.raw)
+		t.Errorf("%s: got %s before the close, want nothing", dup.Name, e.Raw)
 	}
 
 	// The refusal left Alice's presence alone: her next presence event is
@@ -389,18 +389,18 @@ func testDuplicatesAllowed(t *testing.T, newNode func() chatkit.Adapter) {
 	expectClosed(t, tab1, websocket.StatusGoingAway, "disconnected")
 	tab3, w := nodes[0].join(t, "Alice", seedStyle)
 	expectUsers(t, "Alice's welcome back on node 1", w.ActiveUsers, "Alice", "Bob")
-	sent := tab3.sendChat("reloaded", "r-1")
-	for _, c := range []*client{bob, tab2} {
-		if e := c.next(); !sameChat(e, sent) {
-			t.Errorf("%s: got %s while Alice still had a session on node 2, want her message %s", c.name, e.raw, sent.raw)
+	sent := tab3.SendChat("reloaded", "r-1")
+	for _, c := range []*Client{bob, tab2} {
+		if e := c.Next(); !sameChat(e, sent) {
+			t.Errorf("%s: got %s while Alice still had a session on node 2, want her message %s", c.Name, e.Raw, sent.Raw)
 		}
 	}
 
-	tab2.close()
-	tab3.close()
+	tab2.Close()
+	tab3.Close()
 	bob.expectPresence(evUserLeft, "Alice", "Bob")
 	// Bob's own message proves that no second user_left came.
-	bob.sendChat("alone", "b-1")
+	bob.SendChat("alone", "b-1")
 }
 
 func testRetryOnAnotherNode(t *testing.T, newNode func() chatkit.Adapter) {
@@ -410,38 +410,38 @@ func testRetryOnAnotherNode(t *testing.T, newNode func() chatkit.Adapter) {
 	carol, _ := nodes[0].join(t, "Carol", seedStyle)
 	bob, _ := nodes[1].join(t, "Bob", seedStyle)
 
-	first := alice.sendChat("x", "c-1")
-	for _, c := range []*client{carol, bob} {
+	first := alice.SendChat("x", "c-1")
+	for _, c := range []*Client{carol, bob} {
 		if e := c.nextNotPresence(); !sameChat(e, first) {
-			t.Fatalf("%s: got %s, want %s", c.name, e.raw, first.raw)
+			t.Fatalf("%s: got %s, want %s", c.Name, e.Raw, first.Raw)
 		}
 	}
 
 	// Alice's node must end her session before she may join elsewhere.
-	alice.close()
-	if e := bob.nextOf(evUserLeft); e.Username != "Alice" {
-		t.Fatalf("%s: got %s, want Alice's user_left", bob.name, e.raw)
+	alice.Close()
+	if e := bob.NextOf(evUserLeft); e.Username != "Alice" {
+		t.Fatalf("%s: got %s, want Alice's user_left", bob.Name, e.Raw)
 	}
 	// She resumes where she was, as a reconnecting client does, and
 	// sends again what she is not sure was stored.
 	again, w := nodes[1].join(t, "Alice", v1Style, "since", fmt.Sprint(first.ID), "epoch", epoch)
 	if len(w.History) != 0 || w.HistoryTruncated {
-		t.Errorf("Alice's welcome on node 2 with since=%d: history %s, want none", first.ID, w.raw)
+		t.Errorf("Alice's welcome on node 2 with since=%d: history %s, want none", first.ID, w.Raw)
 	}
-	again.send(chatCommand("x", "c-1"))
+	again.Send(chatCommand("x", "c-1"))
 	if e := again.nextNotPresence(); e.Type != evAck || e.ID != first.ID || e.ClientMsgID != "c-1" {
-		t.Fatalf("%s: got %s after retrying c-1, want an ack with the original id %d and nothing else", again.name, e.raw, first.ID)
+		t.Fatalf("%s: got %s after retrying c-1, want an ack with the original id %d and nothing else", again.Name, e.Raw, first.ID)
 	}
 
 	// The retry stored nothing: the next message anyone gets is a later
 	// one, with the next id.
-	later := bob.sendChat("later", "b-1")
+	later := bob.SendChat("later", "b-1")
 	if later.ID != first.ID+1 {
-		t.Errorf("%s: message after the retry has id %d, want %d", bob.name, later.ID, first.ID+1)
+		t.Errorf("%s: message after the retry has id %d, want %d", bob.Name, later.ID, first.ID+1)
 	}
-	for _, c := range []*client{again, carol} {
+	for _, c := range []*Client{again, carol} {
 		if e := c.nextNotPresence(); !sameChat(e, later) {
-			t.Errorf("%s: got %s, want the later message %s", c.name, e.raw, later.raw)
+			t.Errorf("%s: got %s, want the later message %s", c.Name, e.Raw, later.Raw)
 		}
 	}
 }
@@ -461,25 +461,25 @@ func testTypingCrossesNodes(t *testing.T, newNode func() chatkit.Adapter) {
 	alice.expectPresence(evUserJoined, "Carol", "Alice", "Bob", "Carol")
 	bob.expectPresence(evUserJoined, "Carol")
 
-	expectTyping := func(c *client, username string) {
+	expectTyping := func(c *Client, username string) {
 		t.Helper()
-		if e := c.expect(evTyping); e.Username != username || e.Room != clusterRoom {
-			t.Fatalf("%s: got %s, want %s typing in %q", c.name, e.raw, username, clusterRoom)
+		if e := c.Expect(evTyping); e.Username != username || e.Room != clusterRoom {
+			t.Fatalf("%s: got %s, want %s typing in %q", c.Name, e.Raw, username, clusterRoom)
 		}
 	}
-	alice.send(typingCommand)
+	alice.Send(typingCommand)
 	expectTyping(bob, "Alice")
 	expectTyping(carol, "Alice")
-	bob.send(typingCommand)
+	bob.Send(typingCommand)
 	// Alice's own typing would have come before Bob's.
 	expectTyping(alice, "Bob")
 	expectTyping(carol, "Bob")
 
 	// Bob's own typing would come before Carol's message.
-	sent := carol.sendChat("after typing", "c-1")
-	for _, c := range []*client{alice, bob} {
-		if e := c.next(); !sameChat(e, sent) {
-			t.Errorf("%s: got %s, want Carol's message %s", c.name, e.raw, sent.raw)
+	sent := carol.SendChat("after typing", "c-1")
+	for _, c := range []*Client{alice, bob} {
+		if e := c.Next(); !sameChat(e, sent) {
+			t.Errorf("%s: got %s, want Carol's message %s", c.Name, e.Raw, sent.Raw)
 		}
 	}
 }
@@ -493,10 +493,10 @@ func testBroadcastCrossesNodes(t *testing.T, newNode func() chatkit.Adapter) {
 	if err != nil {
 		t.Fatalf("node 1: Broadcast: %v", err)
 	}
-	for _, c := range []*client{bob, carol} {
+	for _, c := range []*Client{bob, carol} {
 		e := c.nextNotPresence()
 		if e.Type != evChat || e.ID != m.ID || e.Username != "announcer" || e.Text != m.Text || e.ClientMsgID != "" {
-			t.Errorf("%s: got %s, want node 1's broadcast %+v", c.name, e.raw, m)
+			t.Errorf("%s: got %s, want node 1's broadcast %+v", c.Name, e.Raw, m)
 		}
 	}
 }
@@ -513,22 +513,22 @@ func testNodeShutdown(t *testing.T, newNode func() chatkit.Adapter) {
 	if err := nodes[1].srv.Shutdown(ctx); err != nil {
 		t.Fatalf("node 2: Shutdown: %v", err)
 	}
-	for _, c := range []*client{bob, carol} {
+	for _, c := range []*Client{bob, carol} {
 		expectClosed(t, c, websocket.StatusGoingAway, "server shutting down")
 		// "Not sent when the server shuts down": a node's own members
 		// are not told of each other's leave.
 		for e, ok := c.take(); ok; e, ok = c.take() {
 			if e.Type == evUserLeft {
-				t.Errorf("%s: got %s from the node shutting down", c.name, e.raw)
+				t.Errorf("%s: got %s from the node shutting down", c.Name, e.Raw)
 			}
 		}
 	}
 
 	// Node 2's users leave in either order.
-	e1 := alice.expect(evUserLeft)
-	e2 := alice.expect(evUserLeft)
+	e1 := alice.Expect(evUserLeft)
+	e2 := alice.Expect(evUserLeft)
 	if names := []string{e1.Username, e2.Username}; !slices.Contains(names, "Bob") || !slices.Contains(names, "Carol") {
-		t.Errorf("Alice on node 1 got %s and %s, want the user_left of Bob and Carol", e1.raw, e2.raw)
+		t.Errorf("Alice on node 1 got %s and %s, want the user_left of Bob and Carol", e1.Raw, e2.Raw)
 	}
 	expectUsers(t, "Alice's second user_left", e2.ActiveUsers, "Alice")
 	// They are gone from the cluster's presence, not only from Alice's.

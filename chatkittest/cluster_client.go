@@ -25,16 +25,19 @@ const (
 	v1Style   = chatkit.Subprotocol
 )
 
-// event is any server event of PROTOCOL.md, decoded loosely so that tests
-// can assert on any field.
-type event struct {
+// An Event is one server event of PROTOCOL.md, decoded loosely so that
+// tests can assert on any field: a field the event does not have is left
+// at its zero value. History holds a welcome's messages, each an Event of
+// type chat_message. Raw is the event's JSON as received, cut after 400
+// bytes, for failure messages.
+type Event struct {
 	Type             string   `json:"type"`
 	Room             string   `json:"room"`
 	Username         string   `json:"username"`
 	SessionID        string   `json:"session_id"`
 	Epoch            string   `json:"epoch"`
 	ActiveUsers      []string `json:"active_users"`
-	History          []event  `json:"history"`
+	History          []Event  `json:"history"`
 	HistoryTruncated bool     `json:"history_truncated"`
 	ID               int64    `json:"id"`
 	Text             string   `json:"text"`
@@ -43,22 +46,29 @@ type event struct {
 	Code             string   `json:"code"`
 	Error            string   `json:"error"`
 
-	raw string
+	Raw string `json:"-"`
 }
 
 // maxRaw bounds the text of an event that failure messages show: a welcome
 // may hold a hundred messages.
 const maxRaw = 400
 
-// A client is a WebSocket client of one node. Its reader runs in the
-// background and queues every event without bound, so that the client
-// answers pings and never makes a Server drop it as too slow, whatever the
-// test is doing.
-type client struct {
+// A Client is a WebSocket client of one Server, made by Dial, for tests
+// that drive Servers as their users' browsers would. Its reader runs in
+// the background and buffers every event without bound, so that the
+// client answers pings and never makes a Server drop it as too slow,
+// whatever the test is doing. Every wait of its methods gives up after 10
+// seconds and fails the test with t.Fatalf: call them from the test's
+// goroutine only. A Client is closed when the test ends.
+type Client struct {
+	// Name names the client in failure messages; Dial sets it to the
+	// username parameter, and a test may set it to say more, such as
+	// "Alice@node 2".
+	Name string
+
 	t        *testing.T
 	username string
-	name     string // username@node, for failure messages
-	batched  bool   // chatkit.v1: presence events come without active_users
+	batched  bool // chatkit.v1: presence events come without active_users
 	conn     *websocket.Conn
 
 	signal chan struct{} // has a value when events may be queued
@@ -66,13 +76,19 @@ type client struct {
 	err    error         // why the reader stopped; read after done
 
 	mu     sync.Mutex
-	events []event
+	events []Event
 }
 
-// dial connects to a node's WebSocket URL with the given query parameters,
-// offering subprotocol unless it is seedStyle, and starts the reader. It
-// does not wait for the welcome.
-func dial(t *testing.T, wsURL string, params url.Values, subprotocol string) *client {
+// Dial connects to the Server at wsURL (ws://host/path) with the query
+// parameters params (username, room, since, epoch), offering subprotocol
+// unless it is "" (a seed-style client, which gets one event per frame),
+// and starts the reader. With chatkit.Subprotocol, the client splits each
+// frame into its events, one per line. Dial fails the test if the
+// handshake is refused (with the HTTP status in the message), takes more
+// than 10 seconds, or selects another subprotocol. It does not wait for
+// the welcome: a session that the Server accepts and then closes (such as
+// 1008 "username taken") is a Client whose Closed returns at once.
+func Dial(t *testing.T, wsURL string, params url.Values, subprotocol string) *Client {
 	t.Helper()
 	var opts websocket.DialOptions
 	if subprotocol != seedStyle {
@@ -93,10 +109,10 @@ func dial(t *testing.T, wsURL string, params url.Values, subprotocol string) *cl
 		t.Fatalf("dial %s?%s: subprotocol %q, want %q", wsURL, params.Encode(), got, subprotocol)
 	}
 	conn.SetReadLimit(-1)
-	c := &client{
+	c := &Client{
 		t:        t,
 		username: params.Get("username"),
-		name:     params.Get("username"),
+		Name:     params.Get("username"),
 		batched:  subprotocol == v1Style,
 		conn:     conn,
 		signal:   make(chan struct{}, 1),
@@ -111,8 +127,9 @@ func dial(t *testing.T, wsURL string, params url.Values, subprotocol string) *cl
 }
 
 // readLoop splits frames into events: a seed-style client must get exactly
-// one event per frame, so a newline in its frame is a protocol error.
-func (c *client) readLoop() {
+// one event per frame, so a newline in its frame is a protocol error, and
+// ends the connection.
+func (c *Client) readLoop() {
 	defer close(c.done)
 	defer c.wake()
 	for {
@@ -126,15 +143,15 @@ func (c *client) readLoop() {
 			lines = strings.Split(string(data), "\n")
 		}
 		for _, line := range lines {
-			var e event
+			var e Event
 			if err := json.Unmarshal([]byte(line), &e); err != nil {
 				c.err = fmt.Errorf("frame %q is not one JSON event: %w", data, err)
 				c.conn.CloseNow()
 				return
 			}
-			e.raw = line
+			e.Raw = line
 			if len(line) > maxRaw {
-				e.raw = fmt.Sprintf("%s… (%d bytes)", line[:maxRaw], len(line))
+				e.Raw = fmt.Sprintf("%s… (%d bytes)", line[:maxRaw], len(line))
 			}
 			c.mu.Lock()
 			c.events = append(c.events, e)
@@ -144,7 +161,7 @@ func (c *client) readLoop() {
 	}
 }
 
-func (c *client) wake() {
+func (c *Client) wake() {
 	select {
 	case c.signal <- struct{}{}:
 	default:
@@ -152,20 +169,22 @@ func (c *client) wake() {
 }
 
 // take returns the oldest queued event, if any.
-func (c *client) take() (event, bool) {
+func (c *Client) take() (Event, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.events) == 0 {
-		return event{}, false
+		return Event{}, false
 	}
 	e := c.events[0]
 	c.events = c.events[1:]
 	return e, true
 }
 
-// next returns the next event, failing the test if none comes within the
-// timeout or the connection ends first.
-func (c *client) next() event {
+// Next returns the oldest buffered event, waiting for one if none is
+// buffered. It fails the test if none comes within 10 seconds, or if the
+// connection ends with nothing buffered (the events received before the
+// end are returned first).
+func (c *Client) Next() Event {
 	c.t.Helper()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
@@ -179,43 +198,48 @@ func (c *client) next() event {
 			if e, ok := c.take(); ok {
 				return e
 			}
-			c.t.Fatalf("%s: connection ended while waiting for an event: %v", c.name, c.err)
+			c.t.Fatalf("%s: connection ended while waiting for an event: %v", c.Name, c.err)
 		case <-deadline.C:
-			c.t.Fatalf("%s: no event within %v", c.name, timeout)
+			c.t.Fatalf("%s: no event within %v", c.Name, timeout)
 		}
 	}
 }
 
-// nextOf skips events of other types until one of type typ arrives.
-func (c *client) nextOf(typ string) event {
+// NextOf skips events of other types until one of type typ arrives, and
+// returns it; each event skipped is gone. It fails the test as Next does,
+// with 10 seconds for each event.
+func (c *Client) NextOf(typ string) Event {
 	c.t.Helper()
 	for {
-		if e := c.next(); e.Type == typ {
+		if e := c.Next(); e.Type == typ {
 			return e
 		}
 	}
 }
 
-// expect returns the next event and fails unless it has type typ: waiting
-// for an event proves that nothing came before it.
-func (c *client) expect(typ string) event {
+// Expect returns the next event and fails the test unless it has type typ
+// (or as Next does): waiting for an event proves that nothing came before
+// it.
+func (c *Client) Expect(typ string) Event {
 	c.t.Helper()
-	e := c.next()
+	e := c.Next()
 	if e.Type != typ {
-		c.t.Fatalf("%s: got %s, want a %s event", c.name, e.raw, typ)
+		c.t.Fatalf("%s: got %s, want a %s event", c.Name, e.Raw, typ)
 	}
 	return e
 }
 
-// closed waits for the server to end the connection and returns the close
-// code and reason (-1 and the error when it ended without a close frame).
-// Events received before the close stay queued.
-func (c *client) closed() (websocket.StatusCode, string) {
+// Closed waits for the connection to end and returns the close code and
+// reason of the Server's close frame, or -1 and the error when it ended
+// without one (a cut connection, or a frame that readLoop could not
+// decode). It fails the test if the connection is still open after 10
+// seconds. Events received before the end stay buffered for Next.
+func (c *Client) Closed() (websocket.StatusCode, string) {
 	c.t.Helper()
 	select {
 	case <-c.done:
 	case <-time.After(timeout):
-		c.t.Fatalf("%s: connection still open after %v", c.name, timeout)
+		c.t.Fatalf("%s: connection still open after %v", c.Name, timeout)
 	}
 	var ce websocket.CloseError
 	if errors.As(c.err, &ce) {
@@ -224,24 +248,27 @@ func (c *client) closed() (websocket.StatusCode, string) {
 	return -1, c.err.Error()
 }
 
-// close ends the connection from the client's side, with a close
-// handshake, as a browser tab that is closed does. Its error is of no
-// interest: the tests assert what the other members see.
-func (c *client) close() {
+// Close ends the connection from the client's side with a close handshake
+// (1000), as a browser tab that is closed does, waiting up to 5 seconds
+// for the Server's answer. Its error is of no interest, nor is a second
+// call: tests assert what the other members see.
+func (c *Client) Close() {
 	c.conn.Close(websocket.StatusNormalClosure, "")
 }
 
-// send writes v as one JSON text frame.
-func (c *client) send(v any) {
+// Send writes v, encoded as JSON, as one text frame, such as
+// map[string]string{"type": "typing"}. It fails the test if the write
+// does not complete within 10 seconds or the connection is closed.
+func (c *Client) Send(v any) {
 	c.t.Helper()
 	if err := c.trySend(v); err != nil {
-		c.t.Fatalf("%s: %v", c.name, err)
+		c.t.Fatalf("%s: %v", c.Name, err)
 	}
 }
 
 // trySend is send for goroutines other than the test's, which must not
 // call Fatal.
-func (c *client) trySend(v any) error {
+func (c *Client) trySend(v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -271,15 +298,15 @@ const (
 	evTyping     = "typing"
 )
 
-func isPresence(e event) bool { return e.Type == evUserJoined || e.Type == evUserLeft }
+func isPresence(e Event) bool { return e.Type == evUserJoined || e.Type == evUserLeft }
 
 // nextNotPresence returns the next event that is not a user_joined or
 // user_left: when a remote node's presence notice arrives is up to its
 // broker, so tests about messages skip them.
-func (c *client) nextNotPresence() event {
+func (c *Client) nextNotPresence() Event {
 	c.t.Helper()
 	for {
-		if e := c.next(); !isPresence(e) {
+		if e := c.Next(); !isPresence(e) {
 			return e
 		}
 	}
@@ -288,17 +315,17 @@ func (c *client) nextNotPresence() event {
 // expectPresence fails unless the next event is a user_joined or user_left
 // (typ) of username, listing activeUsers if the client is seed-style and
 // no list if it is chatkit.v1.
-func (c *client) expectPresence(typ, username string, activeUsers ...string) event {
+func (c *Client) expectPresence(typ, username string, activeUsers ...string) Event {
 	c.t.Helper()
-	e := c.expect(typ)
+	e := c.Expect(typ)
 	if e.Username != username || e.Room != clusterRoom {
-		c.t.Fatalf("%s: got %s, want the %s of %s in %q", c.name, e.raw, typ, username, clusterRoom)
+		c.t.Fatalf("%s: got %s, want the %s of %s in %q", c.Name, e.Raw, typ, username, clusterRoom)
 	}
 	if c.batched && e.ActiveUsers != nil {
-		c.t.Errorf("%s: chatkit.v1 client got %s, want no active_users", c.name, e.raw)
+		c.t.Errorf("%s: chatkit.v1 client got %s, want no active_users", c.Name, e.Raw)
 	}
 	if !c.batched && !slices.Equal(e.ActiveUsers, activeUsers) {
-		c.t.Errorf("%s: got %s, want active_users %q", c.name, e.raw, activeUsers)
+		c.t.Errorf("%s: got %s, want active_users %q", c.Name, e.Raw, activeUsers)
 	}
 	return e
 }
@@ -308,45 +335,48 @@ func (c *client) expectPresence(typ, username string, activeUsers ...string) eve
 // client's node receives the other nodes' events: a user_joined comes
 // from the broker, either as an event or from the Members it reads after
 // an EventReset, which a broker delivers once a subscription is in place.
-func (c *client) waitJoined(usernames ...string) {
+func (c *Client) waitJoined(usernames ...string) {
 	c.t.Helper()
 	missing := make(map[string]bool)
 	for _, u := range usernames {
 		missing[u] = true
 	}
 	for len(missing) > 0 {
-		e := c.next()
+		e := c.Next()
 		switch {
 		case e.Type == evUserJoined:
 			delete(missing, e.Username)
 		case e.Type != evUserLeft:
-			c.t.Fatalf("%s: got %s while waiting for the user_joined of %q", c.name, e.raw, usernames)
+			c.t.Fatalf("%s: got %s while waiting for the user_joined of %q", c.Name, e.Raw, usernames)
 		}
 	}
 }
 
-// sendChat sends a chat_message command and returns the client's own copy
-// of the message, failing unless the copy comes and then its ack with the
-// same id, as PROTOCOL.md's ack has it. Presence events may come between.
-func (c *client) sendChat(text, clientMsgID string) event {
+// SendChat sends a chat_message command with text and clientMsgID (none
+// if "") and returns the client's own copy of the message. It fails the
+// test unless that copy comes and then its ack with the same id, as
+// PROTOCOL.md's ack has it, with nothing else between but user_joined and
+// user_left (which it consumes): any other event first, an error event
+// included, fails it.
+func (c *Client) SendChat(text, clientMsgID string) Event {
 	c.t.Helper()
-	c.send(chatCommand(text, clientMsgID))
-	var own *event
+	c.Send(chatCommand(text, clientMsgID))
+	var own *Event
 	for {
 		e := c.nextNotPresence()
 		switch {
 		case e.Type == evChat && own == nil && e.Username == c.username && e.Text == text && e.ClientMsgID == clientMsgID:
 			own = &e
 		case e.Type == evAck && own == nil:
-			c.t.Fatalf("%s: got %s before its own copy of the message %q", c.name, e.raw, clientMsgID)
+			c.t.Fatalf("%s: got %s before its own copy of the message %q", c.Name, e.Raw, clientMsgID)
 		case e.Type == evAck:
 			if e.ID != own.ID || e.ClientMsgID != clientMsgID {
 				c.t.Fatalf("%s: got %s after its own copy %s, want an ack of id %d and client_msg_id %q",
-					c.name, e.raw, own.raw, own.ID, clientMsgID)
+					c.Name, e.Raw, own.Raw, own.ID, clientMsgID)
 			}
 			return *own
 		default:
-			c.t.Fatalf("%s: got %s, want its own message %q and then its ack", c.name, e.raw, clientMsgID)
+			c.t.Fatalf("%s: got %s, want its own message %q and then its ack", c.Name, e.Raw, clientMsgID)
 		}
 	}
 }
