@@ -109,6 +109,7 @@ func connectRedis(rawURL string, history int, logger *slog.Logger) (*redisadapte
 		return nil, errors.New("-redis: not a redis:// URL (redis://[:PASSWORD@]HOST:PORT/DB)")
 	}
 	ropts.MaxRetries = 1
+	ropts.ContextTimeoutEnabled = true // calls end at chatkit's store timeout
 	client := redis.NewClient(ropts)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
