@@ -50,6 +50,12 @@ type Server struct {
 	broker    Broker
 	clustered bool          // the broker connects other nodes: publish to it
 	typingOut chan struct{} // slots for typing notices being published
+	counters  counters
+
+	connMu    sync.Mutex
+	conns     int            // admitted connections, in their handshake or past it
+	connsByIP map[string]int // the same by client address, with WithMaxConnsPerIP
+	refusals  refusalLog
 
 	mu        sync.Mutex
 	rooms     map[string]*room
@@ -70,18 +76,18 @@ func New(opts ...Option) *Server {
 		o(&cfg)
 	}
 	cfg.validate()
-	store, broker := cfg.store, cfg.broker
-	if store == nil {
-		store = NewMemoryStore(cfg.historySize)
+	if cfg.store == nil {
+		cfg.store = NewMemoryStore(cfg.historySize)
 	}
-	if broker == nil {
-		broker = newMemoryBroker()
+	clustered := cfg.broker != nil
+	if cfg.broker == nil {
+		cfg.broker = newMemoryBroker()
 	}
-	return &Server{
+	s := &Server{
 		cfg:       cfg,
-		store:     store,
-		broker:    broker,
-		clustered: cfg.broker != nil,
+		clustered: clustered,
+		connsByIP: make(map[string]int),
+		refusals:  newRefusalLog(),
 		typingOut: make(chan struct{}, maxTypingOut),
 		// A maximum-length message must fit however it is encoded: JSON
 		// may \u-escape every character, 12 bytes for a character
@@ -95,6 +101,9 @@ func New(opts ...Option) *Server {
 			return &b
 		}},
 	}
+	s.store = timedStore{cfg.store, &s.counters.store}
+	s.broker = timedBroker{cfg.broker, &s.counters.broker}
+	return s
 }
 
 // Subprotocol is the WebSocket subprotocol with which a client asks for
@@ -130,48 +139,79 @@ func (c *config) limits() limits {
 // "username taken", since a browser can read a close reason but not an
 // HTTP status.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	deny := func(status int, reason, message string) {
+		s.counters.refuse(reason)
+		s.logRefusal(r, status, reason, message)
+		refuse(w, status, message)
+	}
 	switch {
 	case r.Method != http.MethodGet:
 		w.Header().Set("Allow", http.MethodGet)
-		refuse(w, http.StatusMethodNotAllowed, "chat endpoint: use GET with a WebSocket upgrade")
+		deny(http.StatusMethodNotAllowed, "bad_request", "chat endpoint: use GET with a WebSocket upgrade")
 		return
 	case !isUpgrade(r):
 		w.Header().Set("Upgrade", "websocket")
-		refuse(w, http.StatusUpgradeRequired, "chat endpoint: connect with a WebSocket client")
+		deny(http.StatusUpgradeRequired, "bad_request", "chat endpoint: connect with a WebSocket client")
 		return
 	case s.isClosing():
-		refuse(w, http.StatusServiceUnavailable, "server is shutting down")
+		deny(http.StatusServiceUnavailable, "shutting_down", "server is shutting down")
 		return
 	case !originAllowed(r, s.cfg.origins):
-		refuse(w, http.StatusForbidden, "origin not allowed")
+		deny(http.StatusForbidden, "origin", "origin not allowed")
 		return
 	}
-	username, err := s.cfg.auth(r)
+	ip := clientIP(r, s.cfg.trustedProxies)
+	switch s.admit(ip) {
+	case errTooManyConns:
+		w.Header().Set("Retry-After", retryAfterSeconds)
+		deny(http.StatusServiceUnavailable, "capacity", "the chat is full; retry later")
+		return
+	case errTooManyFromIP:
+		w.Header().Set("Retry-After", retryAfterSeconds)
+		deny(http.StatusTooManyRequests, "capacity", "too many connections from your address; retry later")
+		return
+	}
+	defer s.dismiss(ip)
+	username, err := callHook(s.cfg.logger, func() (string, error) { return s.cfg.auth(r) })
+	if errors.Is(err, errHookPanicked) {
+		deny(http.StatusInternalServerError, "internal", "internal error")
+		return
+	}
 	if err != nil {
-		refuseErr(w, err, http.StatusUnauthorized)
+		status, message := refusalOf(err, http.StatusUnauthorized)
+		deny(status, "auth", message)
 		return
 	}
 	if username, err = checkUsername(username); err != nil {
-		refuse(w, http.StatusBadRequest, err.Error())
+		deny(http.StatusBadRequest, "bad_request", err.Error())
 		return
 	}
-	roomName, err := s.cfg.resolveRoom(r)
+	roomName, err := callHook(s.cfg.logger, func() (string, error) { return s.cfg.resolveRoom(r) })
+	if errors.Is(err, errHookPanicked) {
+		deny(http.StatusInternalServerError, "internal", "internal error")
+		return
+	}
 	if err == nil {
 		err = checkRoom(roomName)
 	}
 	if err != nil {
-		refuseErr(w, err, http.StatusBadRequest)
+		status, message := refusalOf(err, http.StatusBadRequest)
+		deny(status, "bad_request", message)
 		return
 	}
 	resume, since, epoch, err := resumePoint(r.URL.Query())
 	if err != nil {
-		refuse(w, http.StatusBadRequest, err.Error())
+		deny(http.StatusBadRequest, "bad_request", err.Error())
 		return
 	}
 
 	rm, err := s.acquire(roomName)
-	if err != nil {
-		refuse(w, http.StatusServiceUnavailable, err.Error())
+	switch {
+	case errors.Is(err, errTooManyRooms):
+		deny(http.StatusServiceUnavailable, "capacity", err.Error())
+		return
+	case err != nil:
+		deny(http.StatusServiceUnavailable, "shutting_down", err.Error())
 		return
 	}
 	defer s.release(rm)
@@ -180,7 +220,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	cancel()
 	if err != nil {
 		s.cfg.logger.Warn("chatkit: store or broker unavailable", "room", roomName, "err", err)
-		refuse(w, http.StatusServiceUnavailable, "chat is unavailable: its store did not answer; retry later")
+		deny(http.StatusServiceUnavailable, "unavailable", "chat is unavailable: its store did not answer; retry later")
 		return
 	}
 	defer rm.unhold()
@@ -207,6 +247,7 @@ func (s *Server) track(sess *session, live bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if live {
+		s.counters.sessions.Add(1)
 		s.live[sess] = struct{}{}
 		if s.sweepStop == nil {
 			s.sweepStop = make(chan struct{})
@@ -214,6 +255,7 @@ func (s *Server) track(sess *session, live bool) {
 		}
 		return
 	}
+	s.counters.sessions.Add(-1)
 	delete(s.live, sess)
 	if len(s.live) == 0 && s.sweepStop != nil {
 		close(s.sweepStop)
@@ -283,6 +325,7 @@ func (s *Server) acquire(name string) (*room, error) {
 		}
 		r = newRoom(name, s)
 		s.rooms[name] = r
+		s.counters.rooms.Add(1)
 	}
 	r.refs++
 	if r.expiry != nil {
@@ -324,7 +367,8 @@ func (s *Server) expire(r *room) {
 // this Server's own memory store.
 func (s *Server) freeLocked(r *room) {
 	delete(s.rooms, r.name)
-	if st, ok := s.store.(interface{ Forget(string) }); ok {
+	s.counters.rooms.Add(-1)
+	if st, ok := s.cfg.store.(interface{ Forget(string) }); ok {
 		st.Forget(r.name)
 	}
 }
@@ -432,6 +476,7 @@ func (s *Server) publish(ctx context.Context, r *room, m Message, a ack) (Messag
 		a.send()
 		return stored, true, nil
 	}
+	s.counters.messages.Add(1)
 	if a.s != nil {
 		a.frame = encode(ackEvent{Type: typeAck, ClientMsgID: stored.ClientMsgID, ID: stored.ID})
 	}

@@ -145,17 +145,17 @@ func refuse(w http.ResponseWriter, status int, message string) {
 	json.NewEncoder(w).Encode(map[string]string{"error": message})
 }
 
-// refuseErr refuses with the status of an HTTPError in err's chain, or
-// with fallback.
-func refuseErr(w http.ResponseWriter, err error, fallback int) {
+// refusalOf returns the status and message of an HTTPError in err's
+// chain, or fallback and err's text.
+func refusalOf(err error, fallback int) (int, string) {
 	var he HTTPError
 	var hp *HTTPError
 	switch {
 	case errors.As(err, &he) && he.Status >= 400 && he.Status <= 599:
-		refuse(w, he.Status, he.Message)
+		return he.Status, he.Message
 	case errors.As(err, &hp) && hp.Status >= 400 && hp.Status <= 599:
-		refuse(w, hp.Status, hp.Message)
+		return hp.Status, hp.Message
 	default:
-		refuse(w, fallback, err.Error())
+		return fallback, err.Error()
 	}
 }

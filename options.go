@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"path"
 	"time"
 
@@ -21,31 +22,34 @@ type Option func(*config)
 // config holds every setting of a Server. defaultConfig is the one place
 // where defaults live; validate is the one place where they are checked.
 type config struct {
-	resolveRoom   func(*http.Request) (string, error)
-	auth          func(*http.Request) (string, error)
-	historySize   int
-	rate          rate.Limit
-	burst         int
-	pingInterval  time.Duration
-	idleTimeout   time.Duration
-	writeTimeout  time.Duration
-	maxMessageLen int
-	origins       []string
-	sendQueue     int
-	duplicates    bool
-	logger        *slog.Logger
-	systemName    string
-	roomTTL       time.Duration
-	maxRooms      int
-	onMessage     func(context.Context, *Message) error
-	onJoin        func(room, username string)
-	onLeave       func(room, username string)
-	store         Store  // nil: a MemoryStore of historySize, made by New
-	broker        Broker // nil: a single-node broker, made by New
-	adapter       bool   // store and broker are one Adapter whose Append publishes
-	storeTimeout  time.Duration
-	historyRate   rate.Limit
-	historyBurst  int
+	resolveRoom    func(*http.Request) (string, error)
+	auth           func(*http.Request) (string, error)
+	historySize    int
+	rate           rate.Limit
+	burst          int
+	pingInterval   time.Duration
+	idleTimeout    time.Duration
+	writeTimeout   time.Duration
+	maxMessageLen  int
+	origins        []string
+	sendQueue      int
+	duplicates     bool
+	logger         *slog.Logger
+	systemName     string
+	roomTTL        time.Duration
+	maxRooms       int
+	onMessage      func(context.Context, *Message) error
+	onJoin         func(room, username string)
+	onLeave        func(room, username string)
+	store          Store  // nil: a MemoryStore of historySize, made by New
+	broker         Broker // nil: a single-node broker, made by New
+	adapter        bool   // store and broker are one Adapter whose Append publishes
+	storeTimeout   time.Duration
+	historyRate    rate.Limit
+	historyBurst   int
+	maxConns       int // 0: no cap
+	maxConnsPerIP  int // 0: no cap
+	trustedProxies []netip.Prefix
 }
 
 func defaultConfig() config {
@@ -334,4 +338,47 @@ func WithHistoryRateLimit(r rate.Limit, burst int) Option {
 		badOption("WithHistoryRateLimit", burst, "burst must be at least 1")
 	}
 	return func(c *config) { c.historyRate, c.historyBurst = r, burst }
+}
+
+// WithMaxConns caps the connections of the Server, in their handshake or
+// past it (default 0: no cap). Past the cap a handshake gets HTTP 503 with
+// a JSON body and Retry-After. Negative panics.
+func WithMaxConns(n int) Option {
+	if n < 0 {
+		badOption("WithMaxConns", n, "must not be negative")
+	}
+	return func(c *config) { c.maxConns = n }
+}
+
+// WithMaxConnsPerIP caps the connections from one client address (default
+// 0: no cap). Past the cap a handshake gets HTTP 429 with a JSON body and
+// Retry-After. Behind a reverse proxy every client has the proxy's
+// address: name the proxies with WithTrustedProxies, or leave this off.
+// Negative panics.
+func WithMaxConnsPerIP(n int) Option {
+	if n < 0 {
+		badOption("WithMaxConnsPerIP", n, "must not be negative")
+	}
+	return func(c *config) { c.maxConnsPerIP = n }
+}
+
+// WithTrustedProxies names the reverse proxies, as CIDR prefixes such as
+// "10.0.0.0/8" or single addresses, whose X-Forwarded-For or Forwarded
+// header gives the client's address for WithMaxConnsPerIP (default none:
+// the peer's address is the client's, and those headers are ignored,
+// since any client can send them). A malformed prefix panics.
+func WithTrustedProxies(cidrs ...string) Option {
+	var prefixes []netip.Prefix
+	for _, s := range cidrs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			addr, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				badOption("WithTrustedProxies", s, "not a CIDR prefix or an IP address")
+			}
+			p = netip.PrefixFrom(addr.Unmap(), addr.Unmap().BitLen())
+		}
+		prefixes = append(prefixes, p.Masked())
+	}
+	return func(c *config) { c.trustedProxies = prefixes }
 }

@@ -64,6 +64,8 @@ const (
 	closeBinary        = "binary frames are not supported"
 	closeInvalidUTF8   = "invalid UTF-8"
 	closeUnavailable   = "try again later"
+	closeFlooding      = "rate limit exceeded"
+	closeBadCommands   = "too many bad commands"
 )
 
 const (

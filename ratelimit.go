@@ -1,6 +1,7 @@
 package chatkit
 
 import (
+	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -60,4 +61,51 @@ func (l *limiter) allowTyping(now time.Time) bool {
 	}
 	l.lastTyping = now
 	return true
+}
+
+// userLimits holds the message buckets shared by each user's sessions
+// with WithRateLimitPerUser. An entry lives while its user has a session
+// on this Server, so the table never grows with the users ever seen.
+type userLimits struct {
+	mu    sync.Mutex
+	users map[string]*userLimit
+}
+
+type userLimit struct {
+	lim      *rate.Limiter
+	sessions int
+}
+
+// acquire returns username's bucket, making it with newLimiter for the
+// user's first session.
+func (u *userLimits) acquire(username string, newLimiter func() *rate.Limiter) *rate.Limiter {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.users == nil {
+		u.users = make(map[string]*userLimit)
+	}
+	e := u.users[username]
+	if e == nil {
+		e = &userLimit{lim: newLimiter()}
+		u.users[username] = e
+	}
+	e.sessions++
+	return e.lim
+}
+
+// release lets go of a bucket taken with acquire.
+func (u *userLimits) release(username string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if e := u.users[username]; e != nil {
+		if e.sessions--; e.sessions == 0 {
+			delete(u.users, username)
+		}
+	}
+}
+
+func (u *userLimits) len() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.users)
 }

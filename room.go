@@ -166,10 +166,7 @@ func (r *room) hold(ctx context.Context) error {
 	r.loaded, r.loading = true, false
 	r.generation++
 	r.resetLocked(st, msgs)
-	r.presence = newPresence()
-	for _, u := range users {
-		r.presence.add(u)
-	}
+	r.setPresenceLocked(users)
 	early := r.early
 	r.early = nil
 	for _, ev := range early {
@@ -191,6 +188,7 @@ func (r *room) unhold() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.loaded = false
+	r.setPresenceLocked(nil)
 	clear(r.pending)
 	if r.gapTimer != nil {
 		r.gapTimer.Stop()
@@ -284,7 +282,7 @@ func (r *room) join(s *session, first, resume bool, since int64, epoch string) e
 	}
 	s.index = len(r.members)
 	r.members = append(r.members, s)
-	r.presence.add(s.username)
+	r.addPresentLocked(s.username)
 	s.enqueue(r.welcomeLocked(s, resume, since, epoch))
 	if first {
 		r.announceLocked(typeUserJoined, s.username)
@@ -347,6 +345,9 @@ func (r *room) drop(s *session, reason string) {
 }
 
 func (r *room) dropLocked(s *session, reason string) {
+	if s.index >= 0 {
+		r.srv.counters.drop(dropReason(reason))
+	}
 	code := statusGoingAway
 	if reason == closeTooSlow {
 		code = statusPolicy
@@ -405,7 +406,7 @@ func (r *room) exit(s *session) {
 // userLeftLocked removes username from presence and announces it; the
 // leave hook runs for users whose session was on this node.
 func (r *room) userLeftLocked(username string, local bool) {
-	if !r.presence.remove(username) {
+	if !r.removePresentLocked(username) {
 		return
 	}
 	if !r.closing {
@@ -462,6 +463,7 @@ func (r *room) offerLocked(m Message, a ack) {
 func (r *room) deliverMessageLocked(m Message) {
 	r.keepLocked(m)
 	r.deliverLocked(encode(newChatEvent(m)), nil)
+	r.srv.counters.observeFanout(time.Since(m.Time))
 }
 
 // drainPendingLocked delivers the held messages that are next in order.
@@ -661,7 +663,7 @@ func (r *room) receiveLocked(ev Event) {
 	case EventTyping:
 		r.deliverLocked(encode(typingEvent{Type: typeTyping, Room: r.name, Username: ev.Username}), nil)
 	case EventJoined:
-		if r.presence.add(ev.Username) {
+		if r.addPresentLocked(ev.Username) {
 			r.announceLocked(typeUserJoined, ev.Username)
 		}
 	case EventLeft:
@@ -696,7 +698,7 @@ func (r *room) refreshPresence(gen int) {
 	now := make(map[string]bool, len(users))
 	for _, u := range users {
 		now[u] = true
-		if r.presence.add(u) {
+		if r.addPresentLocked(u) {
 			r.announceLocked(typeUserJoined, u)
 		}
 	}
@@ -736,6 +738,7 @@ func (r *room) deliverEachLocked(frame, v1Frame []byte, skip *session) {
 			slow = append(slow, s)
 		}
 	}
+	r.srv.counters.deliveries.Add(uint64(len(r.members) - len(slow)))
 	for _, s := range slow {
 		r.dropLocked(s, closeTooSlow)
 	}
@@ -769,7 +772,7 @@ func (r *room) runHooks() {
 		r.hooks = nil
 		r.mu.Unlock()
 		for _, h := range hooks {
-			h()
+			runHook(r.cfg.logger, r.name, h)
 		}
 		r.mu.Lock()
 	}
@@ -820,4 +823,33 @@ func (r *room) keepsHistory() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.hasHistory
+}
+
+// setPresenceLocked makes users the room's presence, keeping the Server's
+// count of present users.
+func (r *room) setPresenceLocked(users []string) {
+	r.srv.counters.presentUsers.Add(-int64(len(r.presence.users)))
+	r.presence = newPresence()
+	for _, u := range users {
+		r.presence.add(u)
+	}
+	r.srv.counters.presentUsers.Add(int64(len(r.presence.users)))
+}
+
+// addPresentLocked and removePresentLocked change the presence and the
+// Server's count; they report whether anything changed.
+func (r *room) addPresentLocked(username string) bool {
+	if !r.presence.add(username) {
+		return false
+	}
+	r.srv.counters.presentUsers.Add(1)
+	return true
+}
+
+func (r *room) removePresentLocked(username string) bool {
+	if !r.presence.remove(username) {
+		return false
+	}
+	r.srv.counters.presentUsers.Add(-1)
+	return true
 }

@@ -37,7 +37,9 @@ type session struct {
 	pinging  atomic.Bool
 
 	// Read-side state, owned by the reader goroutine.
-	limiter limiter
+	limiter        limiter
+	rateLimitedRun int // rate_limited errors in a row
+	badRun         int // bad_request errors in a row
 
 	mu      sync.Mutex
 	queue   [][]byte
@@ -152,6 +154,10 @@ func (s *session) run(resume bool, since int64, epoch string) {
 		logger.Debug("chatkit: session ended", "room", r.name, "username", s.username, "session", s.id, "reason", reason)
 	}()
 	code, reason = s.readLoop()
+	if code != 0 {
+		s.srv.counters.drop(dropReason(reason))
+		logger.Info("chatkit: dropped client", "reason", reason, "room", r.name, "username", s.username, "session", s.id)
+	}
 }
 
 // readLoop reads and handles frames until the connection fails or the
@@ -163,6 +169,11 @@ func (s *session) readLoop() (websocket.StatusCode, string) {
 		// read; the Server ends a read by closing netConn instead.
 		typ, data, err := s.conn.Read(context.Background())
 		if err != nil {
+			// coder/websocket has closed with 1009 itself; its error
+			// has no type of its own.
+			if strings.Contains(err.Error(), "read limited") {
+				s.srv.counters.drop("protocol_error")
+			}
 			return 0, ""
 		}
 		s.touch()
@@ -173,14 +184,30 @@ func (s *session) readLoop() (websocket.StatusCode, string) {
 			return statusInvalidData, closeInvalidUTF8
 		}
 		s.handle(s.ctx, data)
+		// A client that reads its errors but goes on regardless is
+		// flooding: closed before its own errors fill its queue.
+		switch {
+		case s.rateLimitedRun >= maxRateLimitedRun:
+			return statusPolicy, closeFlooding
+		case s.badRun >= maxBadRun:
+			return statusPolicy, closeBadCommands
+		}
 	}
 }
+
+// A session is closed with 1008 after this many rate_limited errors, or
+// bad_request errors, in a row: enough for any client that backs off,
+// far below the send queue that a flood would otherwise fill.
+const (
+	maxRateLimitedRun = 50
+	maxBadRun         = 20
+)
 
 func (s *session) handle(ctx context.Context, data []byte) {
 	cmd, err := decodeFrame(data)
 	if err != nil {
-		s.enqueueOrDrop(encode(errorEvent{Type: typeError, Code: codeBadRequest, Error: "invalid command: a field has the wrong type",
-			ClientMsgID: cmd.ClientMsgID, RequestID: cmd.RequestID}))
+		s.sendErrorEvent(errorEvent{Code: codeBadRequest, Error: "invalid command: a field has the wrong type",
+			ClientMsgID: cmd.ClientMsgID, RequestID: cmd.RequestID})
 		return
 	}
 	switch cmd.Type {
@@ -216,17 +243,23 @@ func (s *session) chat(ctx context.Context, cmd command) {
 	now := time.Now()
 	if ok, wait := s.limiter.allowMessage(now); !ok {
 		ms := (wait + time.Millisecond - 1).Milliseconds()
-		s.enqueueOrDrop(encode(errorEvent{Type: typeError, Code: codeRateLimited,
-			Error: fmt.Sprintf("rate limit exceeded; retry in %d ms", ms), ClientMsgID: id, RetryAfterMS: ms}))
+		s.sendErrorEvent(errorEvent{Code: codeRateLimited,
+			Error: fmt.Sprintf("rate limit exceeded; retry in %d ms", ms), ClientMsgID: id, RetryAfterMS: ms})
 		return
 	}
 	m := &Message{Room: s.room.name, Username: s.username, Text: cmd.Text, ClientMsgID: id, Time: now}
 	if hook := cfg.onMessage; hook != nil {
-		if err := hook(ctx, m); err != nil {
+		_, err := callHook(cfg.logger, func() (struct{}, error) { return struct{}{}, hook(ctx, m) })
+		if errors.Is(err, errHookPanicked) {
+			s.sendError(codeRejected, "message rejected: internal error", id)
+			return
+		}
+		if err != nil {
 			s.sendError(codeRejected, truncate(err.Error(), 200), id)
 			return
 		}
 	}
+	s.rateLimitedRun, s.badRun = 0, 0
 	var a ack
 	if !cmd.raw {
 		a.s = s
@@ -250,8 +283,8 @@ const (
 // the store, to this session only.
 func (s *session) history(ctx context.Context, cmd command) {
 	fail := func(code, text string, retryAfter time.Duration) {
-		s.enqueueOrDrop(encode(errorEvent{Type: typeError, Code: code, Error: text, RequestID: cmd.RequestID,
-			RetryAfterMS: (retryAfter + time.Millisecond - 1).Milliseconds()}))
+		s.sendErrorEvent(errorEvent{Code: code, Error: text, RequestID: cmd.RequestID,
+			RetryAfterMS: (retryAfter + time.Millisecond - 1).Milliseconds()})
 	}
 	if utf8.RuneCountInString(cmd.RequestID) > maxClientMsgID {
 		cmd.RequestID = ""
@@ -286,6 +319,8 @@ func (s *session) history(ctx context.Context, cmd command) {
 		fail(codeUnavailable, "history could not be read; retry later", 0)
 		return
 	}
+	s.srv.counters.history.Add(1)
+	s.badRun = 0
 	page := make([]chatEvent, len(msgs))
 	for i, m := range msgs {
 		page[i] = newChatEvent(m)
@@ -295,7 +330,21 @@ func (s *session) history(ctx context.Context, cmd command) {
 }
 
 func (s *session) sendError(code, text, clientMsgID string) {
-	s.enqueueOrDrop(encode(errorEvent{Type: typeError, Code: code, Error: text, ClientMsgID: clientMsgID}))
+	s.sendErrorEvent(errorEvent{Code: code, Error: text, ClientMsgID: clientMsgID})
+}
+
+// sendErrorEvent queues an error event for this session alone, counts it,
+// and keeps the runs of errors that make a flood.
+func (s *session) sendErrorEvent(ev errorEvent) {
+	ev.Type = typeError
+	s.srv.counters.errorSent(ev.Code)
+	switch ev.Code {
+	case codeRateLimited:
+		s.rateLimitedRun++
+	case codeBadRequest:
+		s.badRun++
+	}
+	s.enqueueOrDrop(encode(ev))
 }
 
 // enqueueOrDrop queues a frame for this session alone, dropping the session
