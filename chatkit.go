@@ -57,6 +57,8 @@ type Server struct {
 	connsByIP map[string]int // the same by client address, with WithMaxConnsPerIP
 	refusals  refusalLog
 
+	userLimits userLimits // WithRateLimitPerUser's buckets
+
 	mu        sync.Mutex
 	rooms     map[string]*room
 	live      map[*session]struct{} // every session past the handshake

@@ -47,6 +47,7 @@ type config struct {
 	storeTimeout   time.Duration
 	historyRate    rate.Limit
 	historyBurst   int
+	perUserRate    bool
 	maxConns       int // 0: no cap
 	maxConnsPerIP  int // 0: no cap
 	trustedProxies []netip.Prefix
@@ -381,4 +382,12 @@ func WithTrustedProxies(cidrs ...string) Option {
 		prefixes = append(prefixes, p.Masked())
 	}
 	return func(c *config) { c.trustedProxies = prefixes }
+}
+
+// WithRateLimitPerUser keys the message rate limit of WithRateLimit by
+// username instead of by session (default false): all the sessions of one
+// user on this Server, in any room, such as several tabs, share one bucket.
+// A bucket is dropped when its user's last session ends.
+func WithRateLimitPerUser(perUser bool) Option {
+	return func(c *config) { c.perUserRate = perUser }
 }

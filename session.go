@@ -13,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/coder/websocket"
+	"golang.org/x/time/rate"
 )
 
 // A session is one WebSocket connection of one user in one room. It owns
@@ -119,6 +120,10 @@ func (s *session) run(resume bool, since int64, epoch string) {
 	defer s.cancel()
 	s.srv.track(s, true)
 	defer s.srv.track(s, false)
+	if cfg := &s.srv.cfg; cfg.perUserRate && cfg.rate != rate.Inf {
+		s.limiter.messages = s.srv.userLimits.acquire(s.username, func() *rate.Limiter { return rate.NewLimiter(cfg.rate, cfg.burst) })
+		defer s.srv.userLimits.release(s.username)
+	}
 
 	r := s.room
 	ctx, cancel := s.srv.storeContext(s.ctx)
