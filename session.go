@@ -150,7 +150,8 @@ func (s *session) run(resume bool, since int64, epoch string) {
 	// recovers from, still takes the session out of its room.
 	defer func() {
 		r.leave(s)
-		s.close(code, reason, false)
+		// A client closed for what it sent still gets the errors that tell it why.
+		s.close(code, reason, code != 0)
 		s.workers.Wait()
 		s.conn.CloseNow()
 		s.mu.Lock()
