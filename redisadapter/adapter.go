@@ -193,6 +193,10 @@ func contextTimeouts(client redis.UniversalClient) bool {
 
 // Close stops the adapter's background work (heartbeats, sweeps, retries
 // of failed Leaves, the pub/sub receiver) and closes its pub/sub
+// Ping reports whether Redis answers within ctx, for chatkit's
+// Server.Ready (a readiness probe).
+func (a *Adapter) Ping(ctx context.Context) error { return a.rdb.Ping(ctx).Err() }
+
 // connection, then returns nil. It does not close the client given to New,
 // nor Leave this node's sessions: a node that closes without leaving is
 // swept by the other nodes after the presence TTL, as if it had crashed.
