@@ -1,143 +1,440 @@
-// chatkit browser client: a dependency-free ES module, no build step; types in client.d.ts.
+// chatkit browser client: a dependency-free ES module, no build step; types in client.d.ts,
+// the wire protocol in PROTOCOL.md.
 //   import { connect } from "/chatkit.js"; const chat = connect("/ws", { username, room });
 // As a module it also sets globalThis.ChatKit; /chatkit.js?classic is served without the last
 // line (`export`), as a classic script. A handshake refused with HTTP 4xx looks like a network
 // failure to a browser, so it is retried (opts.maxRetries bounds it); names are checked first.
 
 class ChatError extends Error {
-  /** @param {string} code @param {string} message @param {string} [clientMsgId] @param {number} [retryAfterMs] */
   constructor(code, message, clientMsgId, retryAfterMs) {
     super(message);
     Object.assign(this, { name: "ChatError", code, clientMsgId, retryAfterMs });
   }
 }
 
-/** Full-jitter delay in ms before reconnect attempt n (0-based): random in [0, min(cap, base*2^n)).
- * @param {number} n @param {() => number} [random] @param {number} [base] @param {number} [cap] */
+/** Full-jitter delay in ms before reconnect attempt n (0-based): random in [0, min(cap, base*2^n)). */
 function backoff(n, random = Math.random, base = 500, cap = 30000) {
   return Math.floor(random() * Math.min(cap, base * 2 ** Math.min(n, 30)));
 }
 
-/** ws:/wss: URL of path relative to loc (http: gives ws:, https: wss:), with params (null skipped).
- * @param {string} path @param {{href: string}} [loc] @param {Record<string, any>} [params] */
+/** ws:/wss: URL of path relative to loc (http: gives ws:, https: wss:), with params (null skipped). */
 function buildURL(path, loc, params = {}) {
-  const u = new URL(path, loc?.href);
-  u.protocol = u.protocol.replace(/^http/, "ws");
-  for (const [k, v] of Object.entries(params)) if (v != null) u.searchParams.set(k, String(v));
-  return u.href;
+  const url = new URL(path, loc?.href);
+  url.protocol = url.protocol.replace(/^http/, "ws");
+  for (const [key, value] of Object.entries(params)) {
+    if (value != null) url.searchParams.set(key, String(value));
+  }
+  return url.href;
 }
 
-/** Opens a chat session that reconnects by itself. See client.d.ts for options and events.
- * @param {string} path @param {import("./client").ConnectOptions} [opts] @returns {import("./client").Chat} */
+const STABLE_MS = 60000; // a connection up this long starts the backoff over
+const GHOST_MS = 60000; // how long after a lost session "username taken" may be that session
+const PAGE_MAX = 100; // the server's largest history page
+const FILL_PAGES = 10; // pages a truncated resume may read to fill its hole
+
+/** Opens a chat session that reconnects by itself. See client.d.ts for options and events. */
 function connect(path, opts = {}) {
-  const o = { maxQueue: 100, maxRetries: Infinity, random: Math.random, now: Date.now, ...opts };
-  const T = o.setTimeout || ((f, ms) => setTimeout(f, ms)), C = o.clearTimeout || ((t) => clearTimeout(t));
-  const name = o.username?.trim(), room = o.room;
-  if (o.username != null && (!name || [...name].length > 32 || /\p{Cc}/u.test(name)))
+  const options = { maxQueue: 100, maxRetries: Infinity, random: Math.random, now: Date.now, ...opts };
+  const { now, random } = options;
+  const setTimer = options.setTimeout || ((f, ms) => setTimeout(f, ms));
+  const clearTimer = options.clearTimeout || ((t) => clearTimeout(t));
+  const username = options.username?.trim();
+  const room = options.room;
+  if (options.username != null && (!username || [...username].length > 32 || /\p{Cc}/u.test(username))) {
     throw new ChatError("bad_username", "username must be 1 to 32 characters, no control characters");
-  if (room != null && !/^[A-Za-z0-9._-]{1,64}$/.test(room))
+  }
+  if (room != null && !/^[A-Za-z0-9._-]{1,64}$/.test(room)) {
     throw new ChatError("bad_room", "room must be 1 to 64 of A-Z a-z 0-9 . _ -");
-  const on = {}, pending = new Map(), prefix = o.random().toString(36).slice(2, 10) || "c";
-  let ws, state = "connecting", timer, pace, closed = false, seen = false, attempt = 0, failures = 0;
-  let welcomedAt = 0, lastId = 0, epoch, welcome = {}, limits = {}, users = [], me = name;
-  let queue = [], tokens = 0, tokenAt = 0, typedAt = -Infinity, seq = 0;
-  // Until then a "username taken" close may be this client's own session, still present on a
-  // server node that died (the cluster removes it within its presence TTL): keep reconnecting.
-  let ghostUntil = 0, holdUntil = 0; // nothing is sent before holdUntil
-
-  const emit = (ev, d) => {
-    for (const f of [...(on[ev] || [])]) try { f(d); } catch (e) { (globalThis.reportError || console.error)(e); }
-  };
-  const status = (s, d) => { state = s; emit("status", { state: s, ...d }); };
-  const setUsers = (l) => { if (Array.isArray(l)) users = [...l]; emit("users", [...users]); };
-  // messages per second, a margin under the server's; rate 0 is no limit
-  const rate = () => (limits.rate === 0 ? Infinity : (limits.rate || 5) * 0.9);
-  const refill = () => {
-    const t = o.now(), r = rate();
-    tokens = r === Infinity ? r : Math.min(limits.burst || 10, tokens + ((t - tokenAt) * r) / 1000);
-    tokenAt = t;
-  };
-  const transmit = (p) => ws.send(JSON.stringify({ type: "chat_message", text: p.text, client_msg_id: p.cid }));
-
-  function open() {
-    timer = null;
-    const p = typeof o.params === "function" ? o.params() : o.params;
-    const q = Object.assign({}, p, name != null && { username: name }, room != null && { room }, seen && { since: lastId, epoch });
-    const url = buildURL(path, o.location ?? globalThis.location, q);
-    const s = (ws = new (o.WebSocket || globalThis.WebSocket)(url, ["chatkit.v1"])); // batches: "\n"-separated
-    let ok = false;
-    s.onmessage = (e) => {
-      for (const line of String(e.data).split("\n")) {
-        if (s !== ws) return;
-        let m;
-        try { m = JSON.parse(line); } catch { continue; }
-        if (m.type === "welcome") ok = true;
-        handle(m);
-      }
-    };
-    s.onclose = (e) => s === ws && dropped(e.code, e.reason, ok);
   }
 
-  function handle(m) {
-    switch (m.type) {
-      case "welcome": {
-        const h = m.history || [], since = lastId, cut = seen && m.history_truncated;
-        // another epoch, or old ids only: the ids restarted
-        const reset = seen && (m.epoch !== epoch || (cut && h.length > 0 && h.at(-1).id <= since));
-        if (reset || cut) lastId = 0; // only newer ids follow a truncated history
-        epoch = m.epoch;
-        welcome = m;
-        me = m.username ?? me;
-        limits = m.limits || {};
-        welcomedAt = tokenAt = o.now();
-        tokens = limits.burst || 10;
-        failures = 0;
-        status("open");
-        emit("welcome", m);
-        setUsers(m.active_users);
-        if (reset || cut) emit("gap", { reset, since });
-        seen = true;
-        for (const x of h) message(x, true);
-        queue = [...pending.values()]; // unacked ones are sent again with the same client_msg_id
-        for (const p of queue) p.q = true;
-        return pump();
-      }
-      case "chat_message": return message(m, false);
-      case "ack": return settle(m.client_msg_id, m.id);
-      case "user_joined":
-      case "user_left": { // chatkit.v1 omits active_users
-        const j = m.type === "user_joined", l = users.filter((u) => u !== m.username);
-        setUsers(m.active_users || (j ? [...l, m.username].sort() : l));
-        return emit(j ? "join" : "leave", m);
-      }
-      case "typing": return emit("typing", m);
-      case "error": {
-        const err = new ChatError(m.code, m.error, m.client_msg_id, m.retry_after_ms);
-        const p = pending.get(m.client_msg_id);
-        if (!p) return emit("error", err);
-        // unavailable: the server could not store it, and may have; the same client_msg_id makes
-        // a retry safe. A queued rate_limited one: wait and send it again.
-        const unavailable = m.code === "unavailable";
-        if (unavailable || (m.code === "rate_limited" && p.q)) {
-          const waitMs = unavailable ? 500 + backoff(p.tries = (p.tries || 0) + 1, o.random, 500, 10000) : m.retry_after_ms || 1000;
-          tokens = 0;
-          tokenAt = holdUntil = o.now() + waitMs;
-          p.q = true;
-          queue.push(p);
-          queue.sort((a, b) => a.seq - b.seq);
-          return pump();
-        }
-        pending.delete(p.cid);
-        p.reject(err);
+  const listeners = {}; // event name -> Set
+
+  function emit(event, data) {
+    for (const f of [...(listeners[event] || [])]) {
+      try {
+        f(data);
+      } catch (e) {
+        (globalThis.reportError || console.error)(e); // a listener's bug does not stop the client
       }
     }
   }
 
-  function message(m, history) {
+  // ---- Connection and reconnect
+
+  let ws = null; // the current socket; null while waiting to reconnect
+  let state = "connecting";
+  let closed = false;
+  let reconnectTimer = null;
+  let attempt = 0; // reconnects since the connection was last stable: the backoff's exponent
+  let failures = 0; // consecutive attempts without a welcome, bounded by maxRetries
+  let welcomedAt = 0;
+  // Until then "username taken" may be this client's own session on a server node that died,
+  // listed until the cluster's presence TTL: keep reconnecting.
+  let ghostUntil = 0;
+
+  function setStatus(next, details) {
+    state = next;
+    emit("status", { state: next, ...details });
+  }
+
+  function open() {
+    reconnectTimer = null;
+    const extra = typeof options.params === "function" ? options.params() : options.params;
+    const query = { ...extra };
+    if (username != null) query.username = username;
+    if (room != null) query.room = room;
+    if (seen) {
+      query.since = lastId;
+      query.epoch = epoch;
+    }
+    const url = buildURL(path, options.location ?? globalThis.location, query);
+    const WebSocketClass = options.WebSocket || globalThis.WebSocket;
+    const socket = new WebSocketClass(url, ["chatkit.v1"]); // a frame may batch events, "\n"-separated
+    ws = socket;
+    let welcomed = false;
+    socket.onmessage = (e) => {
+      for (const line of String(e.data).split("\n")) {
+        if (socket !== ws) return; // given up while reading the batch
+        let event;
+        try {
+          event = JSON.parse(line);
+        } catch {
+          continue;
+        }
+        if (event.type === "welcome") welcomed = true;
+        handle(event);
+      }
+    };
+    socket.onclose = (e) => {
+      if (socket === ws) dropped(e.code, e.reason, welcomed);
+    };
+  }
+
+  function handle(event) {
+    switch (event.type) {
+      case "welcome":
+        return onWelcome(event);
+      case "chat_message":
+        if (filling) return filling.hold(event);
+        return emitMessage(event, false);
+      case "ack":
+        return settle(event.client_msg_id, event.id);
+      case "user_joined":
+      case "user_left":
+        return onPresence(event);
+      case "typing":
+        return emit("typing", event);
+      case "history":
+        return onHistoryAnswer(event, null);
+      case "error":
+        return onError(event);
+    }
+  }
+
+  function onError(event) {
+    const error = new ChatError(event.code, event.error, event.client_msg_id, event.retry_after_ms);
+    if (event.request_id != null) return onHistoryAnswer(event, error);
+    const p = pending.get(event.client_msg_id);
+    if (p) return onSendError(p, event, error);
+    emit("error", error);
+  }
+
+  function dropped(code, reason, welcomed) {
+    ws = null;
+    clearTimer(paceTimer);
+    paceTimer = null;
+    filling?.abandon(); // the resume asks again from the last message emitted
+    const maybeGhost = now() < ghostUntil;
+    if (welcomed) ghostUntil = now() + GHOST_MS;
+    if (code === 1008 && reason === "username taken" && !maybeGhost) {
+      return finish("username_taken", "username taken", code);
+    }
+    if ([1003, 1007, 1009].includes(code)) return finish("protocol_error", reason || "close " + code, code);
+    if (!welcomed && ++failures > options.maxRetries) return finish("connect_failed", "could not connect", code);
+    if (welcomedAt && now() - welcomedAt >= STABLE_MS) attempt = 0;
+    welcomedAt = 0;
+    const delayMs = backoff(attempt++, random);
+    reconnectTimer = setTimer(reopen, delayMs);
+    setStatus("reconnecting", { code, reason, delayMs, attempt });
+  }
+
+  function reopen() {
+    try {
+      open();
+    } catch (e) {
+      finish("connect_failed", e.message);
+    }
+  }
+
+  function finish(code, reason, closeCode) {
+    if (closed) return;
+    closed = true;
+    clearTimer(reconnectTimer);
+    clearTimer(paceTimer);
+    if (ws) {
+      ws.onclose = null;
+      ws.close(1000);
+      ws = null;
+    }
+    const error = new ChatError(code, reason);
+    for (const p of pending.values()) p.reject(error);
+    pending.clear();
+    queue = [];
+    filling = null;
+    for (const request of historyRequests) {
+      clearTimer(request.retryTimer);
+      request.fail(error);
+    }
+    historyRequests.clear();
+    setStatus("closed", { code: closeCode, reason });
+    if (code !== "closed") emit("error", error);
+  }
+
+  // ---- Resume state: a reconnect asks for what came after lastId; nothing is emitted twice
+
+  let seen = false; // a welcome came: reconnects resume with since and epoch
+  let lastId = 0; // the highest id emitted
+  let epoch;
+  let welcome = {};
+  let limits = {};
+  let me = username;
+
+  // A second welcome on an open connection is handled as a reconnect's: both resume from lastId.
+  function onWelcome(event) {
+    // It follows what the server sent on this connection, held or not: emit that first.
+    if (filling) filling.finish(false);
+    const history = event.history || [];
+    const since = lastId;
+    const truncated = seen && event.history_truncated;
+    // another epoch, or old ids only: the room's ids restarted
+    const reset = seen && (event.epoch !== epoch || (truncated && history.length > 0 && history.at(-1).id <= since));
+    const fillable = truncated && !reset && history.length > 0;
+    seen = true;
+    epoch = event.epoch;
+    welcome = event;
+    me = event.username ?? me;
+    limits = event.limits || {};
+    tokens = limits.burst || 10;
+    welcomedAt = tokensAt = now();
+    failures = 0;
+    if (reset) {
+      oldestId = undefined; // scrollback starts again from the newest
+      reachedBeginning = false;
+    }
+    setStatus("open");
+    emit("welcome", event);
+    setUsers(event.active_users);
+    for (const m of history) settleOwn(m); // stored: not sent again
+    if (!fillable) emitResumed(history, reset || truncated ? { reset, since } : null);
+    resendPending();
+    for (const request of historyRequests) sendHistoryRequest(request); // below what was emitted
+    if (fillable) startFill(since, history); // after the resend, so that its first page is asked once
+  }
+
+  function emitResumed(messages, gap) {
+    if (gap) {
+      lastId = 0; // only newer ids follow a truncated history, or they restarted
+      emit("gap", gap);
+    }
+    for (const m of messages) emitMessage(m, true);
+  }
+
+  function emitMessage(m, fromHistory) {
     if (m.id <= lastId) return; // seen already
-    if (m.id > lastId) lastId = m.id;
-    if (m.client_msg_id && m.username === me) settle(m.client_msg_id, m.id);
-    emit("message", { ...m, history });
+    lastId = m.id;
+    noteOldest(m.id);
+    settleOwn(m);
+    emit("message", { ...m, history: fromHistory });
+  }
+
+  // ---- Filling a truncated resume (same epoch): the hole between since and the welcome's history
+  // is often still in the store. It is read first, then all is emitted in id order, live messages
+  // held meanwhile, so that a page appending messages never shows a hole. The rest is a gap.
+
+  let filling = null; // the fill under way
+
+  function startFill(since, history) {
+    const found = new Map(); // id -> message of the hole
+    const held = []; // live messages that came meanwhile
+    let oldest = history[0].id; // the oldest id read so far
+    let pages = 0;
+    let request = null;
+    const fill = {
+      hold: (m) => held.push(m),
+      finish(complete) {
+        fill.abandon();
+        const messages = [...found.values(), ...history].sort((a, b) => a.id - b.id);
+        emitResumed(messages, complete ? null : { reset: false, since });
+        for (const m of held) emitMessage(m, false);
+      },
+      abandon() {
+        filling = null;
+        clearTimer(request?.retryTimer);
+        historyRequests.delete(request);
+      },
+    };
+    function onPage(messages, hasMore) {
+      pages++;
+      for (const m of messages) {
+        if (m.id > since && m.id < history[0].id) found.set(m.id, m);
+        oldest = Math.min(oldest, m.id);
+      }
+      if (oldest <= since + 1) return fill.finish(true);
+      if (!hasMore || pages >= FILL_PAGES) return fill.finish(false);
+      readPage();
+    }
+    function onFail() {
+      if (filling === fill) fill.finish(false); // not when closed
+    }
+    function readPage() {
+      request = requestHistory(() => oldest, PAGE_MAX, onPage, onFail);
+    }
+
+    filling = fill;
+    const missing = oldest - since - 1;
+    if (missing <= 0) return fill.finish(true);
+    if (missing > FILL_PAGES * PAGE_MAX) return fill.finish(false); // too many to read: a gap
+    readPage();
+  }
+
+  // ---- History requests (scrollback, fills); rate_limited and unavailable are waited out
+
+  const historyRequests = new Set(); // { before(), limit, onPage, fail, id, retryTimer, tries }
+  let requestSeq = 0;
+
+  function requestHistory(before, limit, onPage, fail) {
+    const request = { before, limit, onPage, fail, id: null, retryTimer: null };
+    historyRequests.add(request);
+    sendHistoryRequest(request);
+    return request;
+  }
+
+  function sendHistoryRequest(request) {
+    clearTimer(request.retryTimer);
+    request.id = null;
+    if (state !== "open") return; // asked after the welcome
+    request.id = "h-" + ++requestSeq; // a new id each time: an answer to an earlier one is ignored
+    const frame = { type: "history", before: request.before(), limit: request.limit, request_id: request.id };
+    ws.send(JSON.stringify(frame));
+  }
+
+  function onHistoryAnswer(event, error) {
+    const request = [...historyRequests].find((r) => r.id === event.request_id);
+    if (!request) return; // to a request asked again since
+    if (error && (event.code === "rate_limited" || event.code === "unavailable")) {
+      request.id = null;
+      request.retryTimer = setTimer(() => sendHistoryRequest(request), retryDelay(event, request));
+      return;
+    }
+    historyRequests.delete(request);
+    if (error) request.fail(error);
+    else request.onPage(event.messages || [], event.has_more !== false);
+  }
+
+  function retryDelay(event, item) {
+    if (event.code !== "unavailable") return event.retry_after_ms || 1000;
+    item.tries = (item.tries || 0) + 1;
+    return 500 + backoff(item.tries, random, 500, 10000); // the store may be down a while
+  }
+
+  // ---- Scrollback: loadOlder() walks back from the oldest message seen, one page at a time
+
+  let oldestId; // the lowest id emitted or returned by loadOlder in this epoch
+  let reachedBeginning = false; // a page had has_more false
+  let olderPage = null; // the loadOlder() promise under way, shared by concurrent calls
+
+  function noteOldest(id) {
+    if (oldestId === undefined || id < oldestId) oldestId = id;
+  }
+
+  // below everything seen; with nothing seen, below what may still come live
+  const olderBound = () => oldestId ?? lastId + 1;
+
+  function loadOlder(limit = 50) {
+    if (closed) return Promise.reject(new ChatError("closed", "chat is closed"));
+    if (olderPage) return olderPage;
+    if (reachedBeginning) return Promise.resolve({ messages: [], hasMore: false });
+    olderPage = new Promise((resolve, reject) => {
+      function onPage(messages, hasMore) {
+        olderPage = null;
+        const byId = new Map(); // never an id seen already, never one twice
+        for (const m of messages) {
+          if (m.id < olderBound()) byId.set(m.id, { ...m, history: true });
+        }
+        const page = [...byId.values()].sort((a, b) => a.id - b.id);
+        if (page.length > 0) noteOldest(page[0].id);
+        if (!hasMore) reachedBeginning = true;
+        resolve({ messages: page, hasMore });
+      }
+      function fail(error) {
+        olderPage = null;
+        reject(error);
+      }
+      requestHistory(olderBound, limit, onPage, fail);
+    });
+    return olderPage;
+  }
+
+  // ---- Send queue: paced, and resent with the same client_msg_id after a resume
+
+  const pending = new Map(); // client_msg_id -> send not acknowledged yet (queued or in flight)
+  let queue = []; // sends waiting for the socket or the pacer, in send order
+  let paceTimer = null;
+  let sendSeq = 0;
+  const idPrefix = random().toString(36).slice(2, 10) || "c";
+  // A token bucket a margin under the server's (welcome.limits), so that queued sends are not refused.
+  let tokens = 0;
+  let tokensAt = 0;
+  let holdUntil = 0; // the end of the wait after a rate_limited or unavailable
+  const rate = () => (limits.rate === 0 ? Infinity : (limits.rate || 5) * 0.9); // per second; 0: no limit
+
+  function refill() {
+    const t = now();
+    tokens = rate() === Infinity ? Infinity : Math.min(limits.burst || 10, tokens + ((t - tokensAt) * rate()) / 1000);
+    tokensAt = t;
+  }
+
+  function paceDelay() {
+    if (holdUntil > now()) return holdUntil - now();
+    refill();
+    return tokens >= 1 ? 0 : Math.ceil(((1 - tokens) * 1000) / rate());
+  }
+
+  function hold(waitMs) {
+    tokens = 0;
+    tokensAt = holdUntil = now() + waitMs;
+  }
+
+  function transmit(p) {
+    ws.send(JSON.stringify({ type: "chat_message", text: p.text, client_msg_id: p.cid }));
+  }
+
+  function enqueue(p) {
+    p.queued = true; // a queued send is retried when rate_limited; a direct one rejects
+    queue.push(p);
+  }
+
+  function pump() {
+    if (state !== "open" || paceTimer) return;
+    while (queue.length > 0) {
+      const waitMs = paceDelay();
+      if (waitMs > 0) {
+        paceTimer = setTimer(() => {
+          paceTimer = null;
+          pump();
+        }, waitMs);
+        return;
+      }
+      tokens--;
+      transmit(queue.shift());
+    }
+  }
+
+  // The server stores a client_msg_id once: what was not acknowledged is sent again.
+  function resendPending() {
+    queue = [];
+    for (const p of pending.values()) enqueue(p);
+    pump();
   }
 
   function settle(cid, id) {
@@ -148,80 +445,103 @@ function connect(path, opts = {}) {
     p.resolve({ id, clientMsgId: cid });
   }
 
-  function pump() {
-    if (state !== "open" || pace) return;
-    while (queue.length) {
-      const holdMs = holdUntil - o.now();
-      if (holdMs > 0) {
-        pace = T(() => { pace = null; pump(); }, holdMs);
-        return;
-      }
+  function settleOwn(m) {
+    if (m.client_msg_id && m.username === me) settle(m.client_msg_id, m.id);
+  }
+
+  function onSendError(p, event, error) {
+    // unavailable: the store did not answer, and may have stored it; the same client_msg_id makes
+    // a retry safe. A queued one that was rate_limited: wait and send it again.
+    if (event.code === "unavailable" || (event.code === "rate_limited" && p.queued)) {
+      hold(retryDelay(event, p));
+      enqueue(p);
+      queue.sort((a, b) => a.seq - b.seq);
+      return pump();
+    }
+    pending.delete(p.cid);
+    p.reject(error);
+  }
+
+  function refusal(text) {
+    const max = limits.max_message_length;
+    if (closed) return ["closed", "chat is closed"];
+    if (typeof text !== "string" || !text.trim()) return ["empty_message", "message is empty"];
+    if ([...text].length > max) return ["message_too_long", `message exceeds ${max} characters`];
+    if (pending.size >= options.maxQueue) return ["queue_full", `more than ${options.maxQueue} messages waiting`];
+    return null;
+  }
+
+  function send(text) {
+    let p;
+    const promise = new Promise((resolve, reject) => {
+      sendSeq++;
+      p = { cid: idPrefix + "-" + sendSeq, seq: sendSeq, text, resolve, reject };
+    });
+    promise.clientMsgId = p.cid;
+    const refused = refusal(text);
+    if (refused) {
+      p.reject(new ChatError(refused[0], refused[1], p.cid));
+      return promise;
+    }
+    pending.set(p.cid, p);
+    if (state === "open" && queue.length === 0) {
       refill();
-      if (tokens < 1) {
-        pace = T(() => { pace = null; pump(); }, Math.ceil(((1 - tokens) * 1000) / rate()));
-        return;
-      }
-      tokens--;
-      transmit(queue.shift());
+      tokens = Math.max(0, tokens - 1); // sent at once, it may find the bucket empty
+      transmit(p);
+    } else {
+      enqueue(p);
+      pump();
+    }
+    return promise;
+  }
+
+  // ---- Presence and typing
+
+  let users = [];
+  let typedAt = -Infinity;
+
+  function setUsers(list) {
+    if (Array.isArray(list)) users = [...list];
+    emit("users", [...users]);
+  }
+
+  function onPresence(event) {
+    const joined = event.type === "user_joined";
+    const others = users.filter((u) => u !== event.username);
+    // chatkit.v1 omits active_users: the change is applied to the list of the welcome
+    setUsers(event.active_users || (joined ? [...others, event.username].sort() : others));
+    emit(joined ? "join" : "leave", event);
+  }
+
+  function typing() {
+    const t = now();
+    if (state === "open" && t - typedAt >= 1000) {
+      typedAt = t;
+      ws.send('{"type":"typing"}');
     }
   }
 
-  function dropped(code, reason, ok) {
-    ws = null;
-    C(pace);
-    pace = null;
-    const ghost = o.now() < ghostUntil;
-    if (ok) ghostUntil = o.now() + 60000;
-    if (code === 1008 && reason === "username taken" && !ghost) return finish("username_taken", "username taken", code);
-    if ([1003, 1007, 1009].includes(code)) return finish("protocol_error", reason || "close " + code, code);
-    if (!ok && ++failures > o.maxRetries) return finish("connect_failed", "could not connect", code);
-    if (welcomedAt && o.now() - welcomedAt >= 60000) attempt = 0; // stable for a minute
-    welcomedAt = 0;
-    const delayMs = backoff(attempt++, o.random);
-    timer = T(() => { try { open(); } catch (e) { finish("connect_failed", e.message); } }, delayMs);
-    status("reconnecting", { code, reason, delayMs, attempt });
-  }
-
-  function finish(code, reason, closeCode) {
-    if (closed) return;
-    closed = true;
-    C(timer);
-    C(pace);
-    if (ws) { ws.onclose = null; ws.close(1000); ws = null; }
-    const err = new ChatError(code, reason);
-    for (const p of pending.values()) p.reject(err);
-    pending.clear();
-    queue = [];
-    status("closed", { code: closeCode, reason });
-    if (code !== "closed") emit("error", err);
-  }
+  // ---- The Chat object
 
   const chat = {
-    on(ev, f) { (on[ev] ||= new Set()).add(f); return () => on[ev].delete(f); },
-    off(ev, f) { on[ev]?.delete(f); },
-    send(text) {
-      let p;
-      const r = new Promise((resolve, reject) => (p = { cid: prefix + "-" + ++seq, seq, text, resolve, reject }));
-      r.clientMsgId = p.cid;
-      const max = limits.max_message_length;
-      const e = closed ? ["closed", "chat is closed"]
-        : typeof text !== "string" || !text.trim() ? ["empty_message", "message is empty"]
-        : [...text].length > max ? ["message_too_long", `message exceeds ${max} characters`]
-        : pending.size >= o.maxQueue ? ["queue_full", `more than ${o.maxQueue} messages waiting`] : 0;
-      if (e) p.reject(new ChatError(e[0], e[1], p.cid));
-      else {
-        pending.set(p.cid, p);
-        if (state === "open" && !queue.length) { refill(); tokens = Math.max(0, tokens - 1); transmit(p); }
-        else { p.q = true; queue.push(p); pump(); }
-      }
-      return r;
+    on(event, f) {
+      (listeners[event] ||= new Set()).add(f);
+      return () => listeners[event].delete(f);
     },
-    typing() {
-      const t = o.now();
-      if (state === "open" && t - typedAt >= 1000) { typedAt = t; ws.send('{"type":"typing"}'); }
+    off(event, f) {
+      listeners[event]?.delete(f);
     },
-    reconnect() { if (!closed && !ws) { C(timer); open(); } },
-    close() { finish("closed", "closed by client"); },
+    send,
+    typing,
+    loadOlder,
+    reconnect() {
+      if (closed || ws) return;
+      clearTimer(reconnectTimer);
+      open();
+    },
+    close() {
+      finish("closed", "closed by client");
+    },
     get status() { return state; },
     get users() { return [...users]; },
     get username() { return me; },

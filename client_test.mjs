@@ -91,6 +91,13 @@ function harness(opts = {}) {
     drop(code = 1006, reason = "") {
       h.ws().onclose({ code, reason });
     },
+    /** The history requests sent on the current socket (or ws). */
+    asked: (ws = h.ws()) => ws.sent.filter((f) => f.type === "history"),
+    /** Answers a history request with a page of messages (ids or messages). */
+    page(ask, messages, hasMore) {
+      const list = messages.map((m) => (typeof m === "number" ? msg(m) : m));
+      h.recv({ type: "history", room: "general", request_id: ask.request_id, messages: list, has_more: hasMore });
+    },
     /** Lets the promise callbacks run. */
     tick: () => new Promise((r) => setImmediate(r)),
   };
@@ -191,12 +198,15 @@ test("resume: messages are deduplicated by id within one epoch", () => {
   assert.deepEqual(h.of("gap"), []);
 });
 
-test("resume: history_truncated emits gap before the history", () => {
+test("resume: history_truncated emits gap before the history when the store cannot fill it", () => {
   const h = harness();
   h.welcome({ history: [msg(1)] });
   h.drop();
   h.advance(1000);
   h.welcome({ history: [msg(40), msg(41)], history_truncated: true });
+  const [ask] = h.asked();
+  assert.deepEqual({ ...ask, request_id: undefined }, { type: "history", before: 40, limit: 100, request_id: undefined });
+  h.page(ask, [], false); // the store no longer has them
   const order = h.events.filter(([e]) => ["gap", "message", "welcome"].includes(e)).map(([e, d]) => e + (d.id ?? ""));
   assert.deepEqual(order, ["welcome", "message1", "welcome", "gap", "message40", "message41"]);
   assert.deepEqual(h.of("gap"), [{ reset: false, since: 1 }]);
@@ -633,8 +643,236 @@ test("frames that are not JSON are ignored", () => {
   assert.equal(h.chat.status, "open");
 });
 
-test("file: under 16 KB (16,000 bytes), module and globalThis.ChatKit, classic variant without the last line", () => {
-  assert.ok(Buffer.byteLength(src) < 16000, `client.js is ${Buffer.byteLength(src)} bytes`);
+/** Ids a to b, inclusive. */
+const ids = (a, b) => Array.from({ length: b - a + 1 }, (_, i) => a + i);
+const msgs = (a, b) => ids(a, b).map((id) => msg(id));
+
+/** A chat that saw 1..5, then resumed with since=5 and a truncated welcome of `from`..`to`. */
+function truncatedResume(from, to, opts) {
+  const h = harness(opts);
+  h.welcome({ history: msgs(1, 5) });
+  h.drop();
+  h.advance(1000);
+  assert.equal(h.ws().url.searchParams.get("since"), "5");
+  h.welcome({ history: msgs(from, to), history_truncated: true });
+  return h;
+}
+
+test("fill: a truncated resume reads the hole back and emits everything in id order, no gap", () => {
+  const h = truncatedResume(121, 130);
+  const [first] = h.asked();
+  assert.deepEqual([first.before, first.limit], [121, 100]);
+  assert.ok(first.request_id.length <= 64);
+  assert.deepEqual(h.of("message").map((m) => m.id), ids(1, 5), "nothing before the hole is filled");
+  h.recv(msg(131)); // live, meanwhile: held
+  h.page(first, ids(21, 120), true);
+  const [, second] = h.asked();
+  assert.equal(second.before, 21);
+  assert.notEqual(second.request_id, first.request_id);
+  h.page(second, ids(1, 20), false); // overlaps what was seen: dropped
+  assert.deepEqual(h.of("message").map((m) => m.id), ids(1, 131));
+  assert.deepEqual(h.of("message").slice(5).map((m) => m.history), [...Array(125).fill(true), false]);
+  assert.deepEqual(h.of("gap"), []);
+  assert.equal(h.chat.lastId, 131);
+  h.recv(msg(131)); // a duplicate
+  h.recv(msg(132));
+  assert.deepEqual(h.of("message").slice(-2).map((m) => m.id), [131, 132]);
+  assert.equal(h.asked().length, 2);
+});
+
+test("fill: overlapping pages and repeated ids are emitted once", () => {
+  const h = truncatedResume(50, 60);
+  const [ask] = h.asked();
+  h.page(ask, [...ids(1, 49), 49, 50, 55, 70], true); // overlaps both sides, repeats 49
+  assert.deepEqual(h.of("message").map((m) => m.id), ids(1, 60));
+  assert.equal(h.asked().length, 1, "reached since+1: no more pages");
+});
+
+test("fill: a hole over the page budget (10 pages of 100) is a gap without any request", () => {
+  const h = truncatedResume(1007, 1010); // 1001 missing
+  assert.deepEqual(h.asked(), []);
+  assert.deepEqual(h.of("gap"), [{ reset: false, since: 5 }]);
+  assert.deepEqual(h.of("message").map((m) => m.id), [...ids(1, 5), ...ids(1007, 1010)]);
+});
+
+test("fill: at most 10 pages are read; what could not be read is a gap, what was read is emitted", () => {
+  const h = truncatedResume(206, 210); // 200 missing, but the server gives pages of 10
+  for (let i = 0; i < 10; i++) {
+    const ask = h.asked().at(-1);
+    h.page(ask, ids(ask.before - 10, ask.before - 1), true);
+  }
+  assert.equal(h.asked().length, 10);
+  assert.deepEqual(h.of("gap"), [{ reset: false, since: 5 }]);
+  assert.deepEqual(h.of("message").map((m) => m.id), [...ids(1, 5), ...ids(106, 210)]);
+  const order = h.events.filter(([e]) => e === "gap" || e === "message").map(([e, d]) => d.id ?? e);
+  assert.equal(order[5], "gap", "the gap comes before the messages after it");
+});
+
+test("fill: has_more false before reaching since+1 is a gap (the store no longer has them)", () => {
+  const h = truncatedResume(100, 101);
+  h.page(h.asked()[0], ids(60, 99), false);
+  assert.deepEqual(h.of("gap"), [{ reset: false, since: 5 }]);
+  assert.deepEqual(h.of("message").map((m) => m.id), [...ids(1, 5), ...ids(60, 101)]);
+});
+
+test("fill: waits out rate_limited and unavailable, and a drop asks again from since", () => {
+  const h = truncatedResume(150, 151);
+  let ask = h.asked()[0];
+  h.recv({ type: "error", code: "rate_limited", error: "slow", retry_after_ms: 700, request_id: ask.request_id });
+  h.advance(699);
+  assert.equal(h.asked().length, 1);
+  h.advance(1);
+  ask = h.asked()[1];
+  assert.equal(ask.before, 150);
+  h.recv({ type: "error", code: "unavailable", error: "store down", request_id: ask.request_id });
+  h.advance(999); // 500 + backoff(1) = 500 + 500 with random 0.5
+  assert.equal(h.asked().length, 2);
+  h.advance(1);
+  assert.equal(h.asked().length, 3);
+  h.recv(msg(152)); // held
+  h.drop(); // the fill is given up: the resume asks again from 5
+  h.advance(30000);
+  assert.equal(h.ws().url.searchParams.get("since"), "5");
+  assert.deepEqual(h.of("message").map((m) => m.id), ids(1, 5));
+  h.welcome({ history: msgs(6, 152) }); // everything kept this time
+  assert.deepEqual(h.of("message").map((m) => m.id), ids(1, 152));
+  assert.deepEqual(h.of("gap"), []);
+  assert.deepEqual(h.of("error"), []);
+});
+
+test("fill: a second welcome on the same connection ends the fill with what it has, then is handled", () => {
+  const h = truncatedResume(50, 51);
+  h.recv(msg(52)); // held
+  h.welcome({ history: msgs(53, 54) }); // resumes after what the server sent: 52
+  assert.deepEqual(h.of("gap"), [{ reset: false, since: 5 }]);
+  assert.deepEqual(h.of("message").map((m) => m.id), [...ids(1, 5), ...ids(50, 54)]);
+});
+
+test("loadOlder: walks back page by page from the oldest message seen, down to has_more false", async () => {
+  const h = harness();
+  const early = h.chat.loadOlder(); // before the welcome: asked after it
+  assert.deepEqual(h.asked(), []);
+  h.welcome({ history: msgs(101, 150) });
+  const [first] = h.asked();
+  assert.deepEqual([first.type, first.before, first.limit], ["history", 101, 50]);
+  assert.equal(h.chat.loadOlder(), early, "concurrent calls share one request");
+  h.page(first, ids(51, 100), true);
+  const page1 = await early;
+  assert.deepEqual(page1.messages.map((m) => m.id), ids(51, 100));
+  assert.equal(page1.hasMore, true);
+  assert.deepEqual(page1.messages[0], { ...msg(51), history: true });
+  const next = h.chat.loadOlder(20);
+  const second = h.asked()[1];
+  assert.deepEqual([second.before, second.limit], [51, 20]);
+  h.page(second, ids(31, 50), true);
+  assert.deepEqual((await next).messages.map((m) => m.id), ids(31, 50));
+  const last = h.chat.loadOlder();
+  h.page(h.asked()[2], ids(1, 30), false);
+  assert.deepEqual(await last, { messages: msgs(1, 30).map((m) => ({ ...m, history: true })), hasMore: false });
+  assert.deepEqual(await h.chat.loadOlder(), { messages: [], hasMore: false });
+  assert.equal(h.asked().length, 3, "nothing is asked past the beginning");
+  assert.deepEqual(h.of("message").map((m) => m.id), ids(101, 150), "pages are not message events");
+});
+
+test("loadOlder: returns nothing emitted live or in an earlier page, nothing twice", async () => {
+  const h = harness();
+  h.welcome({ history: [] });
+  h.recv(msg(1));
+  h.recv(msg(2));
+  let p = h.chat.loadOlder();
+  assert.equal(h.asked()[0].before, 1);
+  h.page(h.asked()[0], [1, 2], false); // a server repeating live ones
+  assert.deepEqual(await p, { messages: [], hasMore: false });
+  const g = harness();
+  g.welcome({ history: [] }); // nothing seen: below what may still come live
+  p = g.chat.loadOlder();
+  assert.equal(g.asked()[0].before, 1);
+  const g2 = harness();
+  g2.welcome({ history: msgs(40, 45) });
+  p = g2.chat.loadOlder();
+  g2.page(g2.asked()[0], [30, 31, 31, 32, 40, 41], true);
+  assert.deepEqual((await p).messages.map((m) => m.id), [30, 31, 32]);
+  p = g2.chat.loadOlder();
+  assert.equal(g2.asked()[1].before, 30);
+  g2.page(g2.asked()[1], [28, 29, 30, 31], true);
+  assert.deepEqual((await p).messages.map((m) => m.id), [28, 29]);
+});
+
+test("loadOlder: rate_limited and unavailable are retried, never rejected; an old answer is ignored", async () => {
+  const h = harness();
+  h.welcome({ history: msgs(101, 150) });
+  const p = h.chat.loadOlder();
+  let settled = false;
+  p.then(() => (settled = true), () => (settled = true));
+  const first = h.asked()[0];
+  h.recv({ type: "error", code: "rate_limited", error: "slow", retry_after_ms: 400, request_id: first.request_id });
+  h.advance(400);
+  const second = h.asked()[1];
+  assert.deepEqual([second.before, second.limit], [101, 50]);
+  for (let i = 0; i < 5; i++) {
+    const ask = h.asked().at(-1);
+    h.recv({ type: "error", code: "unavailable", error: "store down", request_id: ask.request_id });
+    h.advance(12000);
+  }
+  assert.equal(h.asked().length, 7);
+  h.page(first, ids(1, 100), false); // the answer to a request asked again since
+  await h.tick();
+  assert.equal(settled, false);
+  h.page(h.asked().at(-1), ids(51, 100), true);
+  assert.deepEqual((await p).messages.map((m) => m.id), ids(51, 100));
+  assert.deepEqual(h.of("error"), []);
+});
+
+test("loadOlder: a drop asks again after the resume; bad_request and close reject with ChatError", async () => {
+  const h = harness();
+  h.welcome({ history: msgs(101, 150) });
+  const p = h.chat.loadOlder();
+  h.drop();
+  h.advance(30000);
+  assert.deepEqual(h.asked(), []);
+  h.welcome({ history: msgs(151, 152) });
+  assert.equal(h.asked()[0].before, 101);
+  h.page(h.asked()[0], ids(51, 100), true);
+  assert.equal((await p).messages.length, 50);
+  const bad = h.chat.loadOlder(0);
+  h.recv({ type: "error", code: "bad_request", error: "limit must be positive", request_id: h.asked()[1].request_id });
+  await assert.rejects(bad, (e) => e instanceof ChatError && e.code === "bad_request");
+  const pending = h.chat.loadOlder();
+  h.chat.close();
+  await assert.rejects(pending, { code: "closed" });
+  await assert.rejects(h.chat.loadOlder(), { code: "closed" });
+  assert.deepEqual(h.of("error"), []);
+});
+
+test("loadOlder: after a reset (new epoch) it starts again from the newest", async () => {
+  const h = harness();
+  h.welcome({ history: msgs(101, 150) });
+  let p = h.chat.loadOlder();
+  h.page(h.asked()[0], ids(51, 100), false);
+  await p;
+  assert.deepEqual(await h.chat.loadOlder(), { messages: [], hasMore: false });
+  h.drop();
+  h.advance(30000);
+  h.welcome({ epoch: "E2", history: msgs(61, 63), history_truncated: true });
+  assert.deepEqual(h.of("gap").at(-1), { reset: true, since: 150 });
+  p = h.chat.loadOlder();
+  assert.equal(h.asked()[0].before, 61);
+  h.page(h.asked()[0], ids(11, 60), true); // ids seen in the old epoch are new ones now
+  assert.deepEqual(await p, { messages: msgs(11, 60).map((m) => ({ ...m, history: true })), hasMore: true });
+  // a second welcome on the same connection with a new epoch: an in-flight request is asked again
+  h.recv(msg(64));
+  p = h.chat.loadOlder();
+  const stale = h.asked()[1];
+  h.welcome({ epoch: "E3", history: msgs(200, 201), history_truncated: true });
+  const fresh = h.asked()[2];
+  assert.equal(fresh.before, 200);
+  h.page(stale, [1, 2, 3], false);
+  h.page(fresh, ids(150, 199), true);
+  assert.deepEqual((await p).messages.map((m) => m.id), ids(150, 199));
+});
+
+test("file: under 20 KB (20,000 bytes), module and globalThis.ChatKit, classic variant without the last line", () => {
+  assert.ok(Buffer.byteLength(src) < 20000, `client.js is ${Buffer.byteLength(src)} bytes`);
   assert.equal(globalThis.ChatKit.connect, connect);
   const lines = src.trimEnd().split("\n");
   assert.match(lines.at(-1), /^export \{ connect, backoff, buildURL, ChatError \};$/);
