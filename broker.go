@@ -54,6 +54,13 @@ type Broker interface {
 	// present.
 	Leave(ctx context.Context, m Member) (last bool, err error)
 
+	// Linger marks a session that ended but stays present for a leave
+	// grace (WithLeaveGrace): an exclusive Join of its user does not
+	// count it, so that the user may come back on any node, and then
+	// reports first false. The Server calls Leave for it when the grace
+	// is over. Lingering an unknown session does nothing.
+	Linger(ctx context.Context, m Member) error
+
 	// Members returns the users present in room, on any node, sorted.
 	Members(ctx context.Context, room string) ([]string, error)
 }
@@ -155,7 +162,7 @@ type memoryHub struct {
 	appendMu sync.Mutex // held by a cluster node's Append across store and publish
 	mu       sync.Mutex
 	nodes    []*memoryBroker
-	sessions map[string]map[string]map[string]bool // room, username, session
+	sessions map[string]map[string]map[string]bool // room, username, session: lingering
 }
 
 func newMemoryHub() *memoryHub {
@@ -269,14 +276,21 @@ func (b *memoryBroker) Join(ctx context.Context, m Member, exclusive bool) (bool
 		h.sessions[m.Room] = users
 	}
 	sessions := users[m.Username]
-	if exclusive && len(sessions) > 0 {
-		return false, ErrUsernameTaken
+	if _, ok := sessions[m.Session]; ok {
+		return false, nil
+	}
+	if exclusive {
+		for _, lingering := range sessions {
+			if !lingering {
+				return false, ErrUsernameTaken
+			}
+		}
 	}
 	if sessions == nil {
 		sessions = make(map[string]bool)
 		users[m.Username] = sessions
 	}
-	sessions[m.Session] = true
+	sessions[m.Session] = false
 	first := len(sessions) == 1
 	if first {
 		h.sendLocked(b, Event{Kind: EventJoined, Room: m.Room, Username: m.Username})
@@ -290,7 +304,7 @@ func (b *memoryBroker) Leave(ctx context.Context, m Member) (bool, error) {
 	defer h.mu.Unlock()
 	users := h.sessions[m.Room]
 	sessions := users[m.Username]
-	if !sessions[m.Session] {
+	if _, ok := sessions[m.Session]; !ok {
 		return false, nil
 	}
 	delete(sessions, m.Session)
@@ -303,6 +317,16 @@ func (b *memoryBroker) Leave(ctx context.Context, m Member) (bool, error) {
 	}
 	h.sendLocked(b, Event{Kind: EventLeft, Room: m.Room, Username: m.Username})
 	return true, nil
+}
+
+func (b *memoryBroker) Linger(ctx context.Context, m Member) error {
+	b.hub.mu.Lock()
+	defer b.hub.mu.Unlock()
+	sessions := b.hub.sessions[m.Room][m.Username]
+	if _, ok := sessions[m.Session]; ok {
+		sessions[m.Session] = true
+	}
+	return nil
 }
 
 func (b *memoryBroker) Members(ctx context.Context, room string) ([]string, error) {

@@ -57,7 +57,8 @@ type Server struct {
 	connsByIP map[string]int // the same by client address, with WithMaxConnsPerIP
 	refusals  refusalLog
 
-	userLimits userLimits // WithRateLimitPerUser's buckets
+	userLimits userLimits    // WithRateLimitPerUser's buckets
+	done       chan struct{} // closed when Shutdown begins
 
 	mu        sync.Mutex
 	rooms     map[string]*room
@@ -89,6 +90,7 @@ func New(opts ...Option) *Server {
 		cfg:       cfg,
 		clustered: clustered,
 		connsByIP: make(map[string]int),
+		done:      make(chan struct{}),
 		refusals:  newRefusalLog(),
 		typingOut: make(chan struct{}, maxTypingOut),
 		// A maximum-length message must fit however it is encoded: JSON
@@ -546,6 +548,9 @@ func (s *Server) Disconnect(room, username string) int {
 // calling chat.Shutdown before httpServer.Shutdown.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
+	if !s.closing {
+		close(s.done)
+	}
 	s.closing = true
 	rooms := make([]*room, 0, len(s.rooms))
 	for _, r := range s.rooms {

@@ -47,6 +47,7 @@ type config struct {
 	storeTimeout   time.Duration
 	historyRate    rate.Limit
 	historyBurst   int
+	leaveGrace     time.Duration
 	perUserRate    bool
 	maxConns       int // 0: no cap
 	maxConnsPerIP  int // 0: no cap
@@ -390,4 +391,17 @@ func WithTrustedProxies(cidrs ...string) Option {
 // A bucket is dropped when its user's last session ends.
 func WithRateLimitPerUser(perUser bool) Option {
 	return func(c *config) { c.perUserRate = perUser }
+}
+
+// WithLeaveGrace keeps a user present for d after their last session in a
+// room ends (default 0: the leave is announced at once, as the seed's
+// protocol does). A user who comes back within d, on any node, as after a
+// page reload or a phone switching networks, makes the room see neither a
+// user_left nor a user_joined; one who does not is announced gone once,
+// after d. Shutdown ends every grace at once. Negative panics.
+func WithLeaveGrace(d time.Duration) Option {
+	if d < 0 {
+		badOption("WithLeaveGrace", d, "must not be negative")
+	}
+	return func(c *config) { c.leaveGrace = d }
 }

@@ -378,29 +378,82 @@ func (r *room) removeLocked(s *session) {
 }
 
 // exit removes s from the broker's presence and, if its user is no longer
-// present anywhere, announces the leave.
+// present anywhere, announces the leave. With WithLeaveGrace the session
+// first lingers for the grace: its user stays present, may come back on
+// any node without a user_left and user_joined pair, and is announced
+// gone only if it did not.
 func (r *room) exit(s *session) {
 	defer r.srv.sessions.Done()
+	m := Member{Room: r.name, Username: s.username, Session: s.id}
+	if grace := r.cfg.leaveGrace; grace > 0 && !r.isClosing() && r.linger(m) {
+		timer := time.NewTimer(grace)
+		select {
+		case <-timer.C:
+		case <-r.srv.done: // Shutdown: leave at once
+			timer.Stop()
+		}
+		r.leavePresence(m, false)
+		return
+	}
+	r.leavePresence(m, true)
+}
+
+// linger marks m as lingering in the broker, after which a new session of
+// its user no longer waits for it to leave.
+func (r *room) linger(m Member) bool {
 	r.presenceMu.Lock()
 	defer r.presenceMu.Unlock()
 	ctx, cancel := r.srv.storeContext(context.Background())
-	last, err := r.srv.broker.Leave(ctx, Member{Room: r.name, Username: s.username, Session: s.id})
+	err := r.srv.broker.Linger(ctx, m)
+	cancel()
+	if err != nil {
+		r.srv.cfg.logger.Warn("chatkit: presence linger failed", "room", r.name, "username", m.Username, "session", m.Session, "err", err)
+		return false
+	}
+	r.mu.Lock()
+	r.leftLocked(m.Username)
+	r.mu.Unlock()
+	return true
+}
+
+// leavePresence removes m from the broker's presence and announces its
+// user's leave if it was the last session. counted says whether m is
+// still counted in r.leaving.
+func (r *room) leavePresence(m Member, counted bool) {
+	r.presenceMu.Lock()
+	defer r.presenceMu.Unlock()
+	ctx, cancel := r.srv.storeContext(context.Background())
+	last, err := r.srv.broker.Leave(ctx, m)
 	cancel()
 	if err != nil {
 		// The broker removes it later and tells every node then.
-		r.srv.cfg.logger.Warn("chatkit: presence leave failed", "room", r.name, "username", s.username, "session", s.id, "err", err)
+		r.srv.cfg.logger.Warn("chatkit: presence leave failed", "room", r.name, "username", m.Username, "session", m.Session, "err", err)
 	}
 	r.mu.Lock()
-	if r.leaving[s.username]--; r.leaving[s.username] == 0 {
-		delete(r.leaving, s.username)
+	if counted {
+		r.leftLocked(m.Username)
 	}
-	close(r.left)
-	r.left = make(chan struct{})
 	if last {
-		r.userLeftLocked(s.username, true)
+		r.userLeftLocked(m.Username, true)
 	}
 	r.mu.Unlock()
 	r.runHooks()
+}
+
+// leftLocked counts one leave of username's in progress as done, waking
+// the joins that wait for it.
+func (r *room) leftLocked(username string) {
+	if r.leaving[username]--; r.leaving[username] <= 0 {
+		delete(r.leaving, username)
+	}
+	close(r.left)
+	r.left = make(chan struct{})
+}
+
+func (r *room) isClosing() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.closing
 }
 
 // userLeftLocked removes username from presence and announces it; the

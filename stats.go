@@ -253,6 +253,13 @@ func (t timedBroker) Leave(ctx context.Context, m Member) (bool, error) {
 	return last, err
 }
 
+func (t timedBroker) Linger(ctx context.Context, m Member) error {
+	start := time.Now()
+	err := t.Broker.Linger(ctx, m)
+	t.c.observe(start, err)
+	return err
+}
+
 func (t timedBroker) Members(ctx context.Context, room string) ([]string, error) {
 	start := time.Now()
 	users, err := t.Broker.Members(ctx, room)

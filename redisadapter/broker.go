@@ -288,7 +288,11 @@ func (a *Adapter) subscribed(ch string) {
 // repeated Join counts it once.
 var joinScript = redis.NewScript(`
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
-if ARGV[4] == '1' and redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then return -1 end
+if ARGV[4] == '1' then
+  local sessions = tonumber(redis.call('HGET', KEYS[2], ARGV[3])) or 0
+  local lingering = tonumber(redis.call('HGET', KEYS[4], ARGV[3])) or 0
+  if sessions > lingering then return -1 end
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if redis.call('HINCRBY', KEYS[2], ARGV[3], 1) == 1 then
   redis.call('PUBLISH', ARGV[5], ARGV[6])
@@ -297,10 +301,14 @@ end
 return 0
 `)
 
-// leaveScript: KEYS presence, users; ARGV user\x00session, user, channel, left
-// event. Returns 1 if the session was its user's last.
+// leaveScript: KEYS presence, users, linger, lingerers; ARGV
+// user\x00session, user, channel, left event. Returns 1 if the session was
+// its user's last.
 var leaveScript = redis.NewScript(`
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('HDEL', KEYS[3], ARGV[1]) == 1 and redis.call('HINCRBY', KEYS[4], ARGV[2], -1) <= 0 then
+  redis.call('HDEL', KEYS[4], ARGV[2])
+end
 if redis.call('HINCRBY', KEYS[2], ARGV[2], -1) <= 0 then
   redis.call('HDEL', KEYS[2], ARGV[2])
   redis.call('PUBLISH', ARGV[3], ARGV[4])
@@ -323,6 +331,9 @@ for i = 1, #all, 2 do
   if string.sub(v, 1, #prefix) == prefix then
     local user = string.sub(v, #prefix + 1)
     redis.call('HDEL', KEYS[1], all[i])
+    if redis.call('HDEL', KEYS[3], all[i]) == 1 and redis.call('HINCRBY', KEYS[4], user, -1) <= 0 then
+      redis.call('HDEL', KEYS[4], user)
+    end
     n = n + 1
     if redis.call('HINCRBY', KEYS[2], user, -1) <= 0 then
       redis.call('HDEL', KEYS[2], user)
@@ -335,8 +346,23 @@ return n
 
 func presenceField(m chatkit.Member) string { return m.Username + "\x00" + m.Session }
 
+// presenceKeys are a room's presence, users (sessions per user), linger
+// (the sessions in a leave grace) and lingerers (such sessions per user).
 func (a *Adapter) presenceKeys(room string) []string {
-	return []string{a.roomKey(room, "presence"), a.roomKey(room, "users")}
+	return []string{a.roomKey(room, "presence"), a.roomKey(room, "users"), a.roomKey(room, "linger"), a.roomKey(room, "lingerers")}
+}
+
+// lingerScript: KEYS as presenceKeys; ARGV user\x00session, user.
+var lingerScript = redis.NewScript(`
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[3], ARGV[1], 1) == 1 then redis.call('HINCRBY', KEYS[4], ARGV[2], 1) end
+return 1
+`)
+
+// Linger implements chatkit.Broker: m's session stays present, but an
+// exclusive Join of its user no longer counts it.
+func (a *Adapter) Linger(ctx context.Context, m chatkit.Member) error {
+	return lingerScript.Run(ctx, a.rdb, a.presenceKeys(m.Room), presenceField(m), m.Username).Err()
 }
 
 // Join implements chatkit.Broker. It records m's session in the room's
