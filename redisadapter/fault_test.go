@@ -233,7 +233,8 @@ func isPresence(e chatkittest.Event) bool { return e.Type == "user_joined" || e.
 
 // nextNotPresence skips user_joined and user_left: when presence notices
 // come relative to messages is not guaranteed across nodes.
-func nextNotPresence(c *chatkittest.Client) chatkittest.Event {
+func nextNotPresence(t *testing.T, c *chatkittest.Client) chatkittest.Event {
+	t.Helper()
 	for {
 		if e := c.Next(); !isPresence(e) {
 			return e
@@ -259,7 +260,7 @@ func waitUsers(t *testing.T, c *chatkittest.Client, users ...string) {
 // expectChat fails unless c's next event but presence is the message m.
 func expectChat(t *testing.T, c *chatkittest.Client, m chatkittest.Event) {
 	t.Helper()
-	e := nextNotPresence(c)
+	e := nextNotPresence(t, c)
 	if e.Type != "chat_message" || e.ID != m.ID || e.Username != m.Username || e.Text != m.Text || e.ClientMsgID != m.ClientMsgID {
 		t.Fatalf("%s: got %s, want %s", c.Name, e.Raw, m.Raw)
 	}
@@ -269,7 +270,7 @@ func expectChat(t *testing.T, c *chatkittest.Client, m chatkittest.Event) {
 // node sends when it resyncs a session.
 func nextWelcome(t *testing.T, c *chatkittest.Client) chatkittest.Event {
 	t.Helper()
-	e := nextNotPresence(c)
+	e := nextNotPresence(t, c)
 	if e.Type != "welcome" {
 		t.Fatalf("%s: got %s, want a second welcome", c.Name, e.Raw)
 	}
@@ -286,9 +287,9 @@ func sendUntilAcked(t *testing.T, c *chatkittest.Client, text, clientMsgID strin
 	deadline := time.Now().Add(within)
 	for {
 		c.Send(chatCommand(text, clientMsgID))
-		e := nextNotPresence(c)
+		e := nextNotPresence(t, c)
 		if e.Type == "chat_message" && e.ClientMsgID == clientMsgID {
-			e = nextNotPresence(c) // its own copy comes before the ack
+			e = nextNotPresence(t, c) // its own copy comes before the ack
 		}
 		switch {
 		case e.Type == "ack" && e.ClientMsgID == clientMsgID:
@@ -472,7 +473,7 @@ func TestRedisRestartWithAOFKeepsEveryAckedMessage(t *testing.T) {
 		t.Errorf("%s: message after the restart acked with id %d, want 21", alice.Name, id)
 	}
 	for _, c := range []*chatkittest.Client{bob, dave} {
-		if e := nextNotPresence(c); e.Type != "chat_message" || e.ID != 21 || e.ClientMsgID != "a-21" {
+		if e := nextNotPresence(t, c); e.Type != "chat_message" || e.ID != 21 || e.ClientMsgID != "a-21" {
 			t.Errorf("%s: got %s, want Alice's message 21", c.Name, e.Raw)
 		}
 	}
@@ -491,11 +492,27 @@ func TestKilledPubSubConnectionLosesNoMessage(t *testing.T) {
 	waitUsers(t, bob, "Alice", "Bob") // node 2's subscription delivers
 
 	killPubSub(t, c, n2.rdb.Options().ClientName)
-	var sent []chatkittest.Event
-	for i := 1; i <= 8; i++ {
-		sent = append(sent, alice.SendChat(fmt.Sprint("during the reconnect ", i), fmt.Sprint("c-", i)))
+	// All at once, without waiting for acks, so that they are published
+	// while node 2 has no subscription (within the default burst of 10).
+	const n = 8
+	for i := 1; i <= n; i++ {
+		alice.Send(chatCommand(fmt.Sprint("during the reconnect ", i), fmt.Sprint("c-", i)))
 	}
-	for _, m := range sent {
+	var sent []chatkittest.Event
+	for acks := 0; acks < n; {
+		switch e := nextNotPresence(t, alice); e.Type {
+		case "chat_message":
+			sent = append(sent, e)
+		case "ack":
+			acks++
+		default:
+			t.Fatalf("%s: got %s, want its messages and their acks", alice.Name, e.Raw)
+		}
+	}
+	for i, m := range sent {
+		if m.ID != int64(i+1) || m.ClientMsgID != fmt.Sprint("c-", i+1) {
+			t.Fatalf("%s: message #%d is %s, want c-%d with id %d", alice.Name, i+1, m.Raw, i+1, i+1)
+		}
 		expectChat(t, bob, m)
 	}
 	// A message delivered twice would come before Bob's own.
@@ -544,7 +561,7 @@ func TestSlowRedisKeepsLocalTypingAndStoresARetryOnce(t *testing.T) {
 
 	start = time.Now()
 	alice.Send(chatCommand("while Redis sleeps", "c-1"))
-	e := nextNotPresence(alice)
+	e := nextNotPresence(t, alice)
 	if e.Type != "error" || e.Code != "unavailable" || e.ClientMsgID != "c-1" {
 		t.Fatalf("%s: got %s, want an unavailable error for c-1", alice.Name, e.Raw)
 	}
@@ -566,7 +583,7 @@ func TestSlowRedisKeepsLocalTypingAndStoresARetryOnce(t *testing.T) {
 	var own *chatkittest.Event
 	var id int64
 	for id == 0 {
-		e := nextNotPresence(alice)
+		e := nextNotPresence(t, alice)
 		switch {
 		case e.Type == "chat_message" && e.ClientMsgID == "c-1" && own == nil:
 			own = &e
@@ -580,12 +597,12 @@ func TestSlowRedisKeepsLocalTypingAndStoresARetryOnce(t *testing.T) {
 		t.Logf("%s: the retry of c-1 was acked (id %d) before any copy: the first try was stored when Redis woke", alice.Name, id)
 		// PROTOCOL.md: every member, the sender included, gets every
 		// message once.
-		if e := nextNotPresence(alice); e.Type != "chat_message" || e.ID != id || e.ClientMsgID != "c-1" {
+		if e := nextNotPresence(t, alice); e.Type != "chat_message" || e.ID != id || e.ClientMsgID != "c-1" {
 			t.Fatalf("%s: got %s after the ack of c-1 (id %d) without its copy, want the copy", alice.Name, e.Raw, id)
 		}
 	}
 	for _, c := range []*chatkittest.Client{carol, bob} {
-		if e := nextNotPresence(c); e.Type != "chat_message" || e.ID != id || e.ClientMsgID != "c-1" {
+		if e := nextNotPresence(t, c); e.Type != "chat_message" || e.ID != id || e.ClientMsgID != "c-1" {
 			t.Fatalf("%s: got %s, want c-1 with id %d", c.Name, e.Raw, id)
 		}
 	}
@@ -640,18 +657,18 @@ func TestUnreachableRedisRefusesHandshakesAndRecovers(t *testing.T) {
 	}
 
 	alice.Send(typingCommand)
-	if e := nextNotPresence(carol); e.Type != "typing" || e.Username != "Alice" {
+	if e := nextNotPresence(t, carol); e.Type != "typing" || e.Username != "Alice" {
 		t.Fatalf("%s: got %s, want Alice typing while Redis is down", carol.Name, e.Raw)
 	}
 	carol.Send(typingCommand)
-	if e := nextNotPresence(alice); e.Type != "typing" || e.Username != "Carol" {
+	if e := nextNotPresence(t, alice); e.Type != "typing" || e.Username != "Carol" {
 		t.Fatalf("%s: got %s, want Carol typing while Redis is down", alice.Name, e.Raw)
 	}
 
 	r.start()
 	id := sendUntilAcked(t, alice, "Redis is back", "a-1", 5*time.Second)
 	for _, c := range []*chatkittest.Client{carol, bob} {
-		if e := nextNotPresence(c); e.Type != "chat_message" || e.ID != id || e.ClientMsgID != "a-1" {
+		if e := nextNotPresence(t, c); e.Type != "chat_message" || e.ID != id || e.ClientMsgID != "a-1" {
 			t.Errorf("%s: got %s, want Alice's message %d", c.Name, e.Raw, id)
 		}
 	}
