@@ -14,7 +14,7 @@ export interface ChatMessage {
   timestamp: string;
   /** Only when the sender gave one (send() always does). */
   client_msg_id?: string;
-  /** true when it came in the welcome's history (on load or after a reconnect). */
+  /** true when it came from the server's history (the welcome's, a truncated resume's fill, or a loadOlder() page), false when live. */
   history: boolean;
 }
 
@@ -58,12 +58,24 @@ export interface TypingEvent {
   username: string;
 }
 
-/** Some messages may be missing between what was shown and what follows. */
+/**
+ * Some messages may be missing between what was shown and what follows. After a truncated resume (same epoch)
+ * the client first reads the missing messages back with history requests (up to 10 pages of 100) and emits
+ * them in order with no gap; "gap" is emitted only when the server no longer has them all, or there are more.
+ */
 export interface GapEvent {
   /** true when the room's ids restarted (server restart, room freed): shown messages belong to an old incarnation. */
   reset: boolean;
   /** The last message id seen before the reconnect. */
   since: number;
+}
+
+/** One page of scrollback from loadOlder(), oldest first. */
+export interface OlderPage {
+  /** Older than every message emitted or returned before (in this epoch), each once; `history` is true. */
+  messages: ChatMessage[];
+  /** false once the page reaches the oldest message the server still keeps: loadOlder() then returns no more. */
+  hasMore: boolean;
 }
 
 export type State = "connecting" | "open" | "reconnecting" | "closed";
@@ -79,14 +91,16 @@ export interface StatusEvent {
 }
 
 /**
- * Error codes: the server's `message_too_long`, `empty_message`, `rate_limited`, `bad_request`, `rejected`;
+ * Error codes: the server's `message_too_long`, `empty_message`, `rate_limited`, `bad_request` (also for a
+ * loadOlder() the server refuses, e.g. a limit below 1), `rejected`;
  * the client's `message_too_long` and `empty_message` (checked before sending), `queue_full`, `closed`
  * (send after close, or pending sends when close() is called), `bad_username`, `bad_room` (thrown by connect),
  * and the fatal ones that end the session: `username_taken` (close 1008; within a minute of a lost session it is
  * retried instead, since a cluster node that died may still list that session), `protocol_error` (close 1003, 1007,
  * 1009), `connect_failed` (opts.maxRetries consecutive attempts failed).
  * The server's `unavailable` (its store did not answer) never rejects a send: the message stays queued and is sent
- * again with backoff and the same client_msg_id, which the server stores at most once.
+ * again with backoff and the same client_msg_id, which the server stores at most once. Nor does it reject
+ * loadOlder(), which asks again with backoff, and after a `rate_limited` after the wait.
  */
 export class ChatError extends Error {
   name: "ChatError";
@@ -102,7 +116,11 @@ export interface ChatEvents {
   status: StatusEvent;
   /** On every (re)connect; followed by "users", maybe "gap", then the history as "message" events. */
   welcome: WelcomeEvent;
-  /** Every chat message once, in id order, never twice (history and live, deduplicated across reconnects). */
+  /**
+   * Every chat message once, in id order, never twice (history and live, deduplicated across reconnects).
+   * Messages a truncated resume reads back come before the welcome's history and the live ones held meanwhile.
+   * Not the pages of loadOlder(), which it returns instead.
+   */
   message: ChatMessage;
   join: PresenceEvent;
   leave: PresenceEvent;
@@ -160,6 +178,15 @@ export interface Chat {
   send(text: string): SendPromise;
   /** Tells the others you are typing; throttled to once a second, ignored while not open. */
   typing(): void;
+  /**
+   * Scrollback: the next page of older messages, below the oldest this client has seen (welcome history, live
+   * messages, earlier pages), so that repeated calls walk back page by page. limit defaults to 50; the server
+   * gives at most 100. Concurrent calls share one request. While offline it waits for the connection; the
+   * server's rate_limited and unavailable are waited out and asked again. Rejects with a ChatError only on
+   * bad_request, or when the chat is closed. After a reconnect to a new epoch (reset) it starts again from the
+   * newest. Resolves at once with no messages and hasMore false once the beginning was reached.
+   */
+  loadOlder(limit?: number): Promise<OlderPage>;
   /** Skip the backoff wait and try now (e.g. a "retry now" button). No-op when open or closed. */
   reconnect(): void;
   /** Closes for good; pending sends reject with code "closed". */

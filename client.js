@@ -79,8 +79,8 @@ function connect(path, opts = {}) {
 
   function open() {
     reconnectTimer = null;
-    const extra = typeof options.params === "function" ? options.params() : options.params;
-    const query = { ...extra };
+    const params = options.params;
+    const query = { ...(typeof params === "function" ? params() : params) };
     if (username != null) query.username = username;
     if (room != null) query.room = room;
     if (seen) {
@@ -88,8 +88,7 @@ function connect(path, opts = {}) {
       query.epoch = epoch;
     }
     const url = buildURL(path, options.location ?? globalThis.location, query);
-    const WebSocketClass = options.WebSocket || globalThis.WebSocket;
-    const socket = new WebSocketClass(url, ["chatkit.v1"]); // a frame may batch events, "\n"-separated
+    const socket = new (options.WebSocket || globalThis.WebSocket)(url, ["chatkit.v1"]); // batches: "\n"-separated
     ws = socket;
     let welcomed = false;
     socket.onmessage = (e) => {
@@ -247,9 +246,8 @@ function connect(path, opts = {}) {
     emit("message", { ...m, history: fromHistory });
   }
 
-  // ---- Filling a truncated resume (same epoch): the hole between since and the welcome's history
-  // is often still in the store. It is read first, then all is emitted in id order, live messages
-  // held meanwhile, so that a page appending messages never shows a hole. The rest is a gap.
+  // ---- Filling a truncated resume: the hole is often still in the store. It is read first, then
+  // all is emitted in id order (live ones held meanwhile), so that a page never shows a hole.
 
   let filling = null; // the fill under way
 
@@ -299,7 +297,7 @@ function connect(path, opts = {}) {
 
   // ---- History requests (scrollback, fills); rate_limited and unavailable are waited out
 
-  const historyRequests = new Set(); // { before(), limit, onPage, fail, id, retryTimer, tries }
+  const historyRequests = new Set(); // outstanding: { before(), limit, onPage, fail, id, ... }
   let requestSeq = 0;
 
   function requestHistory(before, limit, onPage, fail) {
@@ -324,6 +322,10 @@ function connect(path, opts = {}) {
     if (error && (event.code === "rate_limited" || event.code === "unavailable")) {
       request.id = null;
       request.retryTimer = setTimer(() => sendHistoryRequest(request), retryDelay(event, request));
+      return;
+    }
+    if (!error && event.epoch && event.epoch !== epoch) {
+      request.id = null; // of an epoch without a welcome yet: asked again after it
       return;
     }
     historyRequests.delete(request);
@@ -377,8 +379,8 @@ function connect(path, opts = {}) {
 
   // ---- Send queue: paced, and resent with the same client_msg_id after a resume
 
-  const pending = new Map(); // client_msg_id -> send not acknowledged yet (queued or in flight)
-  let queue = []; // sends waiting for the socket or the pacer, in send order
+  const pending = new Map(); // client_msg_id -> send not acknowledged yet
+  let queue = []; // sends waiting for the socket or the pacer
   let paceTimer = null;
   let sendSeq = 0;
   const idPrefix = random().toString(36).slice(2, 10) || "c";

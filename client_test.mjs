@@ -844,6 +844,20 @@ test("loadOlder: a drop asks again after the resume; bad_request and close rejec
   assert.deepEqual(h.of("error"), []);
 });
 
+test("loadOlder: a page of an epoch without a welcome yet is asked again after that welcome", async () => {
+  const h = harness();
+  h.welcome({ history: msgs(101, 150) });
+  const p = h.chat.loadOlder();
+  const ask = h.asked()[0];
+  h.recv({ type: "history", room: "general", epoch: "E2", request_id: ask.request_id, messages: msgs(1, 50), has_more: false });
+  h.recv({ type: "history", room: "general", epoch: "E2", request_id: ask.request_id, messages: msgs(1, 50), has_more: false });
+  h.welcome({ epoch: "E2", history: msgs(61, 70), history_truncated: true }); // the server's sequence restarted
+  const again = h.asked()[1];
+  assert.equal(again.before, 61);
+  h.recv({ type: "history", room: "general", epoch: "E2", request_id: again.request_id, messages: msgs(11, 60), has_more: true });
+  assert.deepEqual((await p).messages.map((m) => m.id), ids(11, 60));
+});
+
 test("loadOlder: after a reset (new epoch) it starts again from the newest", async () => {
   const h = harness();
   h.welcome({ history: msgs(101, 150) });

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -197,6 +198,77 @@ func TestBrowserChat(t *testing.T) {
 	waitJS(t, alice, "Alice sees the marker", countText("marker")+" === 1")
 	if n := evalJS[int](t, alice, countText("typed while offline")); n != 1 {
 		t.Errorf("Alice's page shows her offline message %d times, want once", n)
+	}
+}
+
+// TestBrowserScrollback seeds a room with more messages than a welcome
+// carries (the history size, 100): scrolling the page's log to the top
+// loads the older ones page by page (50 each) until "beginning of the
+// conversation", keeping the view where it was, and then the page shows
+// every message once, in id order.
+func TestBrowserScrollback(t *testing.T) {
+	newTab := browser(t)
+	// The store keeps more than a welcome carries, as a database would; the
+	// default memory store keeps only the history size.
+	chat := chatkit.New(chatkit.WithLogger(nil), chatkit.WithStore(chatkit.NewMemoryStore(1000)))
+	srv := httptest.NewServer(newHandler(chat))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		chat.Shutdown(ctx)
+		srv.Close()
+	})
+	const total = 250
+	for i := 1; i <= total; i++ {
+		if _, err := chat.Broadcast("general", fmt.Sprintf("message %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	tab, _ := newTab()
+	do(t, tab, "opening the page", chromedp.Navigate(srv.URL+"/?user=Alice&room=general"))
+	waitJS(t, tab, "the welcome's 100 messages show", `document.querySelectorAll("#messages li.msg").length === 100`)
+	if top := evalJS[string](t, tab, `document.querySelector("#messages li.msg").dataset.id`); top != "151" {
+		t.Fatalf("the oldest message shown is %s, want 151", top)
+	}
+	// What #older says, as it changes.
+	evalJS[bool](t, tab, `window.olderTexts = [];
+		new MutationObserver(() => olderTexts.push(older.textContent)).observe(document.getElementById("older"), {childList: true, subtree: true, characterData: true});
+		true`)
+
+	// One page: the message that was at the top of the view stays there.
+	evalJS[bool](t, tab, `document.getElementById("messages").scrollTop = 0; true`)
+	waitJS(t, tab, "a page of 50 is prepended", `document.querySelectorAll("#messages li.msg").length >= 150`)
+	offset := evalJS[float64](t, tab, `document.querySelector('#messages li.msg[data-id="151"]').getBoundingClientRect().top - document.getElementById("messages").getBoundingClientRect().top`)
+	if offset < 0 || offset > 100 {
+		t.Errorf("after the page, message 151 is %.0f px below the top of the log, want where it was (near 0)", offset)
+	}
+
+	// The user scrolls to the top, again and again, as pages arrive.
+	waitJS(t, tab, "scrolling up reaches the beginning", `(() => {
+		const list = document.getElementById("messages");
+		list.scrollTop = 0;
+		return document.getElementById("older").textContent === "beginning of the conversation";
+	})()`)
+
+	shown := evalJS[[]string](t, tab, `[...document.querySelectorAll("#messages li.msg")].map(e => e.dataset.id + " " + e.querySelector(".text").textContent)`)
+	var want []string
+	for i := 1; i <= total; i++ {
+		want = append(want, fmt.Sprintf("%d message %d", i, i))
+	}
+	if strings.Join(shown, "\n") != strings.Join(want, "\n") {
+		t.Errorf("the page shows %d messages, want %d in id order, once each:\n%s", len(shown), total, strings.Join(shown, "\n"))
+	}
+	if first := evalJS[string](t, tab, `document.querySelector("#messages").firstElementChild.id`); first != "older" {
+		t.Errorf("the first item of the log is %q, want the scrollback notice", first)
+	}
+	if texts := evalJS[[]string](t, tab, `olderTexts`); !slices.Contains(texts, "loading…") {
+		t.Errorf("#older never said loading…; it said %q", texts)
+	}
+
+	shot := filepath.Join(os.TempDir(), "chatkit-browser-scrollback.png")
+	if png, err := chromedp.Run(tab, chromedp.CaptureScreenshot()); err == nil && os.WriteFile(shot, png, 0o644) == nil {
+		t.Logf("screenshot of the top of the scrollback: %s", shot)
 	}
 }
 
