@@ -114,6 +114,10 @@ const msg = (id, extra = {}) => ({
   ...extra,
 });
 
+/** Ids a to b, inclusive. */
+const ids = (a, b) => Array.from({ length: b - a + 1 }, (_, i) => a + i);
+const msgs = (a, b) => ids(a, b).map((id) => msg(id));
+
 test("backoff: full jitter, from 0.5 s doubling to a 30 s cap", () => {
   const top = () => 0.999999;
   assert.deepEqual(
@@ -246,6 +250,18 @@ test("resume: same epoch but a since above the room's ids (whole history, trunca
   assert.deepEqual(h.of("gap").at(-1), { reset: false, since: 2 });
   h.recv(msg(3));
   assert.equal(h.of("message").at(-1).id, 3);
+});
+
+test("resume: a second welcome on an open connection is handled like a reconnect's", () => {
+  const h = harness();
+  h.welcome({ history: msgs(1, 3) });
+  h.welcome({ history: msgs(2, 5) }); // same epoch: deduplicated
+  assert.deepEqual(h.of("message").map((m) => m.id), ids(1, 5));
+  assert.deepEqual(h.of("gap"), []);
+  h.welcome({ epoch: "E2", history: msgs(1, 2), history_truncated: true }); // new epoch: reset
+  assert.deepEqual(h.of("gap"), [{ reset: true, since: 5 }]);
+  assert.deepEqual(h.of("message").map((m) => m.id), [...ids(1, 5), 1, 2]);
+  assert.equal(h.sockets.length, 1);
 });
 
 test("batched frames (chatkit.v1): several events separated by newlines", () => {
@@ -642,10 +658,6 @@ test("frames that are not JSON are ignored", () => {
   h.welcome();
   assert.equal(h.chat.status, "open");
 });
-
-/** Ids a to b, inclusive. */
-const ids = (a, b) => Array.from({ length: b - a + 1 }, (_, i) => a + i);
-const msgs = (a, b) => ids(a, b).map((id) => msg(id));
 
 /** A chat that saw 1..5, then resumed with since=5 and a truncated welcome of `from`..`to`. */
 function truncatedResume(from, to, opts) {
