@@ -1,27 +1,26 @@
 package pgstore_test
 
 import (
-	"io"
 	"net"
 	"sync"
 	"testing"
 )
 
-// A proxy stands between one test's pool and the PostgreSQL, so that the test
-// can make PostgreSQL unreachable for that client alone: the other packages'
-// tests share the server.
+// A proxy stands between one test's pool and the PostgreSQL, so that the
+// test can make the database stop answering for that pool alone: the
+// other tests share the server.
 type proxy struct {
 	ln     net.Listener
 	target string
 	wg     sync.WaitGroup
 
 	mu      sync.Mutex
-	blocked bool                  // new connections are held and never answered
+	blocked bool                  // bytes are dropped, new connections held
 	conns   map[net.Conn]net.Conn // client side -> PostgreSQL side (nil while held)
 }
 
 // newProxy returns a proxy to target (host:port), closed with the test.
-func newProxy(t *testing.T, target string) *proxy {
+func newProxy(t testing.TB, target string) *proxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -45,7 +44,7 @@ func (p *proxy) accept() {
 		}
 		p.mu.Lock()
 		if p.blocked {
-			p.conns[c] = nil // a black hole: the client waits for an answer
+			p.conns[c] = nil // the client waits for an answer
 			p.mu.Unlock()
 			continue
 		}
@@ -64,24 +63,40 @@ func (p *proxy) accept() {
 	}
 }
 
+// pipe copies src to dst, dropping what comes while the proxy is blocked.
 func (p *proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
-	io.Copy(dst, src)
-	dst.Close()
-	src.Close()
+	defer dst.Close()
+	defer src.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		blocked := p.blocked
+		p.mu.Unlock()
+		if blocked {
+			continue
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			return
+		}
+	}
 }
 
-// block cuts every connection and holds the new ones unanswered, as a
-// PostgreSQL that stopped responding would.
+// block makes the database a black hole, as a network partition would:
+// open connections stay open but carry nothing, and new ones are
+// accepted and never answered.
 func (p *proxy) block() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.blocked = true
-	p.closeAllLocked()
 }
 
-// unblock lets new connections through again, and cuts the held ones, so
-// that their clients dial again.
+// unblock lets new connections through again, and cuts every open one,
+// whose streams have lost bytes, so that their clients dial again.
 func (p *proxy) unblock() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
