@@ -4,6 +4,8 @@
 //	go run ./example            # then open http://localhost:8000/?user=Alice and ?user=Bob
 //	go run ./example -addr :9000 -history 500 -max-len 2000
 //	go run ./example -addr :8001 -redis redis://127.0.0.1:6379/0   # one of several nodes
+//	go run ./example -postgres postgres://chat:PASS@127.0.0.1:5432/chat   # history in PostgreSQL
+//	go run ./example -postgres postgres://... -redis redis://...   # a node of several, history in PostgreSQL
 //
 // It uses chatkit's defaults unless a flag changes them, and on SIGINT or
 // SIGTERM closes every session with 1001 before stopping the HTTP server.
@@ -24,7 +26,9 @@ import (
 	"time"
 
 	"github.com/chatkit/chatkit"
+	"github.com/chatkit/chatkit/pgstore"
 	"github.com/chatkit/chatkit/redisadapter"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/time/rate"
 )
@@ -42,6 +46,7 @@ func main() {
 	origins := flag.String("origins", "", "comma-separated extra origin host patterns allowed to connect")
 	debug := flag.Bool("debug", false, "log every session")
 	redisURL := flag.String("redis", "", "share rooms, history and presence with other nodes through this Redis, e.g. redis://127.0.0.1:6379/0")
+	postgresURL := flag.String("postgres", "", "keep rooms and history in this PostgreSQL (tables made at start), e.g. postgres://USER:PASS@HOST:5432/DB; with -redis, Redis carries only events and presence")
 	flag.Parse()
 
 	level := slog.LevelInfo
@@ -64,6 +69,21 @@ func main() {
 	if *origins != "" {
 		opts = append(opts, chatkit.WithOriginPatterns(strings.Split(*origins, ",")...))
 	}
+	var store *pgstore.Store
+	if *postgresURL != "" {
+		var (
+			pool *pgxpool.Pool
+			err  error
+		)
+		store, pool, err = connectPostgres(*postgresURL, logger)
+		if err != nil {
+			logger.Error("postgres", "err", err)
+			os.Exit(1)
+		}
+		defer pool.Close()
+		defer store.Close()
+		opts = append(opts, chatkit.WithStore(store))
+	}
 	if *redisURL != "" {
 		adapter, err := connectRedis(*redisURL, *history, logger)
 		if err != nil {
@@ -71,7 +91,11 @@ func main() {
 			os.Exit(1)
 		}
 		defer adapter.Close()
-		opts = append(opts, chatkit.WithAdapter(adapter))
+		if store != nil {
+			opts = append(opts, chatkit.WithBroker(adapter)) // history stays in PostgreSQL
+		} else {
+			opts = append(opts, chatkit.WithAdapter(adapter))
+		}
 	}
 	chat := chatkit.New(opts...)
 
@@ -119,6 +143,48 @@ func connectRedis(rawURL string, history int, logger *slog.Logger) (*redisadapte
 	}
 	logger.Info("sharing the chat through Redis", "addr", ropts.Addr, "db", ropts.DB)
 	return redisadapter.New(client, redisadapter.WithHistorySize(history), redisadapter.WithLogger(logger)), nil
+}
+
+// connectPostgres returns a store on the PostgreSQL at rawURL, once its
+// tables are made or brought up to date, and its pool, to close after it;
+// it gives up after 5 seconds. The store keeps every message. Errors never
+// show the password.
+func connectPostgres(rawURL string, logger *slog.Logger) (*pgstore.Store, *pgxpool.Pool, error) {
+	const usage = "-postgres: not a postgres:// URL (postgres://USER:PASS@HOST:PORT/DB)"
+	if !strings.HasPrefix(rawURL, "postgres://") && !strings.HasPrefix(rawURL, "postgresql://") {
+		return nil, nil, errors.New(usage)
+	}
+	cfg, err := pgxpool.ParseConfig(rawURL)
+	if err != nil {
+		return nil, nil, errors.New(usage)
+	}
+	cc := cfg.ConnConfig
+	addr := fmt.Sprintf("%s:%d/%s", cc.Host, cc.Port, cc.Database)
+	// pgx leaves passwords out of its errors; this makes sure of it.
+	hide := func(err error) string {
+		msg := err.Error()
+		if cc.Password != "" {
+			msg = strings.ReplaceAll(msg, cc.Password, "xxxxx")
+		}
+		return msg
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("PostgreSQL at %s: %s", addr, hide(err))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, nil, fmt.Errorf("cannot reach PostgreSQL at %s: %s", addr, hide(err))
+	}
+	store, err := pgstore.Open(ctx, pool, pgstore.WithLogger(logger))
+	if err != nil {
+		pool.Close()
+		return nil, nil, fmt.Errorf("PostgreSQL at %s: %s", addr, hide(err))
+	}
+	logger.Info("keeping the chat in PostgreSQL", "addr", addr)
+	return store, pool, nil
 }
 
 // newHandler serves the page at /, the chat at /ws and the client library

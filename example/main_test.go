@@ -28,3 +28,24 @@ func TestUnreachableRedisFailsFastWithAReadableError(t *testing.T) {
 		t.Errorf("a bad URL: %v", err)
 	}
 }
+
+func TestUnreachablePostgresFailsFastWithAReadableError(t *testing.T) {
+	start := time.Now()
+	_, _, err := connectPostgres("postgres://chat:s3cret@127.0.0.1:1/chat", slog.New(slog.DiscardHandler))
+	if err == nil {
+		t.Fatal("connected to a closed port")
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("gave up after %v, want within 10 s", took)
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "cannot reach PostgreSQL at 127.0.0.1:1/chat") || strings.Contains(msg, "s3cret") {
+		t.Errorf("error %q: want the address and never the password", msg)
+	}
+	for _, bad := range []string{"http://x", "postgres://chat:s3cret@[::1/chat"} {
+		_, _, err := connectPostgres(bad, slog.New(slog.DiscardHandler))
+		if err == nil || !strings.Contains(err.Error(), "postgres://") || strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("the bad URL %q: %v", bad, err)
+		}
+	}
+}
