@@ -476,8 +476,11 @@ func (s *Server) publish(ctx context.Context, r *room, m Message, a ack) (Messag
 		return Message{}, false, err
 	}
 	if dup {
+		// Usually delivered long ago; but a first attempt that timed out
+		// may have been stored without this node hearing of it, and then
+		// this is its delivery here. offer sorts out which.
 		a.frame = encode(ackEvent{Type: typeAck, ClientMsgID: stored.ClientMsgID, ID: stored.ID})
-		a.send()
+		r.offer(stored, a)
 		return stored, true, nil
 	}
 	s.counters.messages.Add(1)

@@ -37,6 +37,7 @@ func RunBrokerTests(t *testing.T, newNodes func(t *testing.T) (a, b chatkit.Brok
 		{"concurrent leaves report last once", testConcurrentLeaves},
 		{"left event reaches the other node once per user", testLeftEvent},
 		{"members drops a user who left", testMembersAfterLeave},
+		{"a lingering session lets its user come back on any node", testLinger},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -461,4 +462,36 @@ func testMembersAfterLeave(t *testing.T, a, b chatkit.Broker) {
 	leave(t, a, member("r1", "bob", "s3"))
 	expectMembers(t, a, "a", "r1")
 	expectMembers(t, b, "b", "r1")
+}
+
+func testLinger(t *testing.T, a, b chatkit.Broker) {
+	old := member("r1", "alice", "s1")
+	join(t, a, old, false)
+	sa := subscribe(t, a, "r1")
+	if err := a.Linger(testContext(t), old); err != nil {
+		t.Fatalf("Linger: %v", err)
+	}
+	if err := a.Linger(testContext(t), member("r1", "nobody", "s0")); err != nil {
+		t.Errorf("Linger of an unknown session: %v, want nil", err)
+	}
+	expectMembers(t, b, "b", "r1", "alice")
+	back := member("r1", "alice", "s2")
+	first, err := b.Join(testContext(t), back, true)
+	if err != nil || first {
+		t.Fatalf("exclusive Join of a user whose only session lingers: %v, %v; want false, nil (still present)", first, err)
+	}
+	if _, err := a.Join(testContext(t), member("r1", "alice", "s3"), true); !errors.Is(err, chatkit.ErrUsernameTaken) {
+		t.Errorf("exclusive Join beside a live session: %v, want ErrUsernameTaken", err)
+	}
+	if leave(t, a, old) {
+		t.Errorf("Leave of the lingering session after the return: last true, want false")
+	}
+	if !leave(t, b, back) {
+		t.Errorf("Leave of the session that came back: last false, want true")
+	}
+	// One left for the whole story, from b, and no joined: the marker
+	// comes next.
+	sa.expect(t, left("r1", "alice"))
+	publish(t, b, typing("r1", "marker"))
+	sa.expect(t, typing("r1", "marker"))
 }

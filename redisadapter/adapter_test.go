@@ -577,7 +577,7 @@ func TestDeadNodeIsSwept(t *testing.T) { testDeadNodeIsSwept(t, newClient(t)) }
 func testDeadNodeIsSwept(t *testing.T, c redis.UniversalClient) {
 	prefix := newPrefix(t, c)
 	ctx := testContext(t)
-	ttl := redisadapter.WithPresenceTTL(300 * time.Millisecond)
+	ttl := redisadapter.WithPresenceTTL(time.Second) // a loaded CI machine with -race misses shorter heartbeats
 	dead := newAdapter(t, c, prefix, ttl)
 	join(t, dead, "r", "alice", "d1", false)
 	deadID := c.ZRange(ctx, prefix+":nodes", 0, -1).Val() // the only node yet
@@ -705,7 +705,7 @@ func TestFailedLeaveIsRetried(t *testing.T) {
 func TestLostPresenceIsRejoined(t *testing.T) {
 	c := newClient(t)
 	prefix := newPrefix(t, c)
-	ttl := redisadapter.WithPresenceTTL(300 * time.Millisecond)
+	ttl := redisadapter.WithPresenceTTL(time.Second) // a loaded CI machine with -race misses shorter heartbeats
 	a, b := newAdapter(t, c, prefix, ttl), newAdapter(t, c, prefix, ttl)
 	rb := subscribe(t, b, "r")
 	rb.reset(t, "b's subscription")
@@ -769,7 +769,7 @@ func TestUnresponsiveRedis(t *testing.T) {
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("%s while Redis does not answer: %v, want the context's deadline", name, err)
 		}
-		if took := time.Since(start); took > 3*d {
+		if took := time.Since(start); took > d+500*time.Millisecond { // not the 5 s of a dial timeout
 			t.Errorf("%s took %v, want about the context's %v", name, took, d)
 		}
 	}

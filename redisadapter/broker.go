@@ -488,20 +488,26 @@ func (a *Adapter) heartbeatLoop() {
 	defer a.wg.Done()
 	tick := time.NewTicker(a.cfg.presenceTTL / 3)
 	defer tick.Stop()
-	a.beat()
+	var reached time.Time // since when heartbeats succeed; zero after a failure
+	a.beat(&reached)
 	for {
 		select {
 		case <-a.ctx.Done():
 			return
 		case <-tick.C:
-			a.beat()
+			a.beat(&reached)
 		}
 	}
 }
 
 // beat runs one heartbeat, sweeps the dead nodes it reports, and retries
 // the failed Leaves, each step bounded by a third of the presence TTL.
-func (a *Adapter) beat() {
+//
+// A node sweeps only once its own heartbeats have succeeded for a whole
+// presence TTL: after an outage of Redis longer than the TTL every node's
+// last heartbeat is old, and the first node back would otherwise take the
+// live others for dead and announce their users gone.
+func (a *Adapter) beat(reached *time.Time) {
 	ctx, cancel := context.WithTimeout(a.ctx, a.cfg.presenceTTL/3)
 	defer cancel()
 	dead, err := a.heartbeatDead(ctx)
@@ -509,7 +515,14 @@ func (a *Adapter) beat() {
 		if a.ctx.Err() == nil {
 			a.log.Debug("heartbeat failed", "node", a.node, "err", err)
 		}
+		*reached = time.Time{}
 		return
+	}
+	if reached.IsZero() {
+		*reached = time.Now()
+	}
+	if time.Since(*reached) < a.cfg.presenceTTL {
+		dead = nil
 	}
 	for _, node := range dead {
 		if err := a.sweep(ctx, node); err != nil {
