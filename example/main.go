@@ -4,6 +4,10 @@
 //	go run ./example            # then open http://localhost:8000/?user=Alice and ?user=Bob
 //	go run ./example -addr :9000 -history 500 -max-len 2000
 //	go run ./example -addr :8001 -redis redis://127.0.0.1:6379/0   # one of several nodes
+//	go run ./example -postgres postgres://USER:PASS@HOST:5432/DB   # history that survives restarts
+//
+// Besides the chat it serves /healthz, /readyz and /metrics.
+//
 //	go run ./example -postgres postgres://chat:PASS@127.0.0.1:5432/chat   # history in PostgreSQL
 //	go run ./example -postgres postgres://... -redis redis://...   # a node of several, history in PostgreSQL
 //
@@ -26,6 +30,7 @@ import (
 	"time"
 
 	"github.com/chatkit/chatkit"
+	"github.com/chatkit/chatkit/chatkitprom"
 	"github.com/chatkit/chatkit/pgstore"
 	"github.com/chatkit/chatkit/redisadapter"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -46,6 +51,10 @@ func main() {
 	origins := flag.String("origins", "", "comma-separated extra origin host patterns allowed to connect")
 	debug := flag.Bool("debug", false, "log every session")
 	redisURL := flag.String("redis", "", "share rooms, history and presence with other nodes through this Redis, e.g. redis://127.0.0.1:6379/0")
+	maxConns := flag.Int("max-conns", 0, "most connections this process takes; past it 503 (0: no cap)")
+	maxConnsPerIP := flag.Int("max-conns-per-ip", 0, "most connections from one client address; past it 429 (0: no cap; behind a proxy, set -trusted-proxies)")
+	trustedProxies := flag.String("trusted-proxies", "", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For names the client")
+	leaveGrace := flag.Duration("leave-grace", 0, "how long a user whose last session closed stays present, so a reload shows no leave and join (0: announce at once)")
 	postgresURL := flag.String("postgres", "", "keep rooms and history in this PostgreSQL (tables made at start), e.g. postgres://USER:PASS@HOST:5432/DB; with -redis, Redis carries only events and presence")
 	flag.Parse()
 
@@ -65,6 +74,12 @@ func main() {
 		chatkit.WithMaxMessageLength(*maxLen),
 		chatkit.WithDuplicateUsernames(*dups),
 		chatkit.WithLogger(logger),
+		chatkit.WithMaxConns(*maxConns),
+		chatkit.WithMaxConnsPerIP(*maxConnsPerIP),
+		chatkit.WithLeaveGrace(*leaveGrace),
+	}
+	if *trustedProxies != "" {
+		opts = append(opts, chatkit.WithTrustedProxies(strings.Split(*trustedProxies, ",")...))
 	}
 	if *origins != "" {
 		opts = append(opts, chatkit.WithOriginPatterns(strings.Split(*origins, ",")...))
@@ -189,6 +204,10 @@ func connectPostgres(rawURL string, logger *slog.Logger) (*pgstore.Store, *pgxpo
 
 // newHandler serves the page at /, the chat at /ws and the client library
 // at /chatkit.js.
+//
+// It also serves what operators need: /healthz (liveness: the process
+// answers), /readyz (readiness: 503 while shutting down or while Redis or
+// PostgreSQL do not answer) and /metrics (Prometheus).
 func newHandler(chat *chatkit.Server) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/ws", chat)
@@ -197,6 +216,22 @@ func newHandler(chat *chatkit.Server) http.Handler {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Write(page)
 	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if err := chat.Ready(ctx); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "not ready: %v\n", err)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	mux.Handle("GET /metrics", chatkitprom.Handler(chat))
 	return mux
 }
 

@@ -1,11 +1,16 @@
 package main
 
 import (
+	"context"
+	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/chatkit/chatkit"
 	"go.uber.org/goleak"
 )
 
@@ -47,5 +52,42 @@ func TestUnreachablePostgresFailsFastWithAReadableError(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "postgres://") || strings.Contains(err.Error(), "s3cret") {
 			t.Errorf("the bad URL %q: %v", bad, err)
 		}
+	}
+}
+
+func TestOperatorEndpoints(t *testing.T) {
+	chat := chatkit.New(chatkit.WithLogger(nil))
+	ts := httptest.NewServer(newHandler(chat))
+	defer ts.Close()
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get(ts.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	tests := []struct {
+		path   string
+		status int
+		has    string
+	}{
+		{"/healthz", 200, "ok"},
+		{"/readyz", 200, "ready"},
+		{"/metrics", 200, "chatkit_sessions 0"},
+	}
+	for _, tt := range tests {
+		if status, body := get(tt.path); status != tt.status || !strings.Contains(body, tt.has) {
+			t.Errorf("GET %s: %d %q, want %d with %q", tt.path, status, body, tt.status, tt.has)
+		}
+	}
+	chat.Shutdown(context.Background())
+	if status, body := get("/readyz"); status != http.StatusServiceUnavailable || !strings.Contains(body, "closed") {
+		t.Errorf("GET /readyz while shutting down: %d %q, want 503", status, body)
+	}
+	if status, _ := get("/healthz"); status != 200 {
+		t.Errorf("GET /healthz while shutting down: %d, want 200 (alive)", status)
 	}
 }
