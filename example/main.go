@@ -4,12 +4,10 @@
 //	go run ./example            # then open http://localhost:8000/?user=Alice and ?user=Bob
 //	go run ./example -addr :9000 -history 500 -max-len 2000
 //	go run ./example -addr :8001 -redis redis://127.0.0.1:6379/0   # one of several nodes
-//	go run ./example -postgres postgres://USER:PASS@HOST:5432/DB   # history that survives restarts
-//
-// Besides the chat it serves /healthz, /readyz and /metrics.
-//
 //	go run ./example -postgres postgres://chat:PASS@127.0.0.1:5432/chat   # history in PostgreSQL
 //	go run ./example -postgres postgres://... -redis redis://...   # a node of several, history in PostgreSQL
+//
+// Besides the chat it serves /healthz, /readyz and /metrics.
 //
 // It uses chatkit's defaults unless a flag changes them, and on SIGINT or
 // SIGTERM closes every session with 1001 before stopping the HTTP server.
