@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/chatkit/chatkit"
 	"github.com/coder/websocket"
@@ -41,6 +42,7 @@ func RunClusterTests(t *testing.T, newCluster func(t *testing.T) (newNode func()
 		{"typing crosses nodes but not to the typer", testTypingCrossesNodes},
 		{"broadcast reaches members on other nodes", testBroadcastCrossesNodes},
 		{"a node that shuts down closes its clients and the others see them leave", testNodeShutdown},
+		{"with a leave grace a user who comes back on another node is not seen leaving", testLeaveGraceAcrossNodes},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.run(t, newCluster(t)) })
@@ -534,4 +536,21 @@ func testNodeShutdown(t *testing.T, newNode func() chatkit.Adapter) {
 	// They are gone from the cluster's presence, not only from Alice's.
 	_, w := nodes[0].join(t, "Dave", v1Style)
 	expectUsers(t, "Dave's welcome on node 1", w.ActiveUsers, "Alice", "Dave")
+}
+
+func testLeaveGraceAcrossNodes(t *testing.T, newNode func() chatkit.Adapter) {
+	nodes := startNodes(t, newNode, 2, chatkit.WithLeaveGrace(time.Minute))
+	alice, _ := nodes[0].join(t, "Alice", seedStyle)
+	bob, _ := nodes[0].join(t, "Bob", seedStyle)
+	alice.waitJoined("Alice", "Bob")
+
+	// A reload that the load balancer sends to the other node: the name
+	// is free for Bob again at once, and nobody sees him leave and come.
+	bob.Close()
+	back, w := nodes[1].join(t, "Bob", v1Style)
+	expectUsers(t, "Bob's welcome on node 2", w.ActiveUsers, "Alice", "Bob")
+	sent := back.SendChat("I'm back", "c-1")
+	if got := alice.Next(); !sameChat(got, sent) {
+		t.Errorf("Alice got %s, want Bob's message and no leave or join before it", got.Raw)
+	}
 }
