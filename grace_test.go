@@ -82,3 +82,16 @@ func TestLeaveGraceAnnouncesOneLeaveAfterTheGrace(t *testing.T) {
 		t.Errorf("a return after the grace: %s", e.raw)
 	}
 }
+
+func TestAReconnectAtOnceIsNotRefusedAsItsOwnDuplicate(t *testing.T) {
+	_, base := testServer(t, WithHistorySize(0)) // a room without history is freed at once
+	for i := range 50 {
+		c := dial(t, base, query("username", "Bob", "room", "r"))
+		if w := c.next(); w.Type != typeWelcome {
+			code, reason := c.closed()
+			t.Fatalf("reconnect %d: %s, closed %d %q; want a welcome", i, w.raw, code, reason)
+		}
+		c.conn.Close(websocket.StatusNormalClosure, "")
+		c.closed()
+	}
+}

@@ -371,6 +371,7 @@ func (r *room) removeLocked(s *session) {
 	r.members = r.members[:last]
 	s.index = -1
 	r.leaving[s.username]++
+	s.exited = make(chan struct{})
 	// The session holds the Server's wait group, so this Add cannot race
 	// with Shutdown's Wait.
 	r.srv.sessions.Add(1)
@@ -382,10 +383,16 @@ func (r *room) removeLocked(s *session) {
 // first lingers for the grace: its user stays present, may come back on
 // any node without a user_left and user_joined pair, and is announced
 // gone only if it did not.
+//
+// s.exited is closed once the session no longer stands in the way of a
+// new one of its user: its session waits for that before it lets go of
+// the room, so that the room is not freed, and made anew, under a leave in
+// progress.
 func (r *room) exit(s *session) {
 	defer r.srv.sessions.Done()
 	m := Member{Room: r.name, Username: s.username, Session: s.id}
 	if grace := r.cfg.leaveGrace; grace > 0 && !r.isClosing() && r.linger(m) {
+		close(s.exited)
 		timer := time.NewTimer(grace)
 		select {
 		case <-timer.C:
@@ -396,6 +403,7 @@ func (r *room) exit(s *session) {
 		return
 	}
 	r.leavePresence(m, true)
+	close(s.exited)
 }
 
 // linger marks m as lingering in the broker, after which a new session of

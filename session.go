@@ -32,7 +32,8 @@ type session struct {
 	batch    bool            // the client negotiated chatkit.v1: several events per frame
 	ctx      context.Context // ends when the session does; given to the WithOnMessage hook
 	cancel   context.CancelFunc
-	index    int // position in room.members, -1 when not a member; guarded by room.mu
+	index    int           // position in room.members, -1 when not a member; guarded by room.mu
+	exited   chan struct{} // made when the session leaves its room, closed by room.exit; guarded by room.mu
 
 	lastSeen atomic.Int64 // unix nanoseconds of the last frame or pong
 	pinging  atomic.Bool
@@ -154,6 +155,12 @@ func (s *session) run(resume bool, since int64, epoch string) {
 		s.close(code, reason, code != 0)
 		s.workers.Wait()
 		s.conn.CloseNow()
+		r.mu.Lock()
+		exited := s.exited
+		r.mu.Unlock()
+		if exited != nil {
+			<-exited
+		}
 		s.mu.Lock()
 		reason := s.reason
 		s.mu.Unlock()
