@@ -229,44 +229,90 @@ func (r *room) keepLocked(m Message) {
 }
 
 // enter makes s's user present (Broker.Join) and adds s to the room with
-// its welcome. It first waits for this node's leaves of the same user in
-// progress, so that a client that reconnects at once is not refused as a
+// its welcome. A leave of the same user on this node that is in progress,
+// or about to start because its session's reader has ended, is waited
+// for first: a client that reconnects at once must not be refused as a
 // duplicate of its own previous session.
+//
+// A member of the same name whose reader has not noticed its close yet
+// (the client may see the close completed and dial again first) is given
+// closeNoticeWait to leave before the new session is refused.
 func (r *room) enter(ctx context.Context, s *session, resume bool, since int64, epoch string) error {
+	patience := time.NewTimer(closeNoticeWait)
+	defer patience.Stop()
 	for {
-		r.presenceMu.Lock()
-		r.mu.Lock()
-		busy, left := r.leaving[s.username] > 0, r.left
-		r.mu.Unlock()
-		if !busy {
-			break
+		wait, err := r.tryEnter(ctx, s, resume, since, epoch)
+		if wait == nil {
+			return err
 		}
-		r.presenceMu.Unlock()
 		select {
-		case <-left:
+		case <-wait:
+		case <-patience.C:
+			if errors.Is(err, ErrUsernameTaken) {
+				return err
+			}
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
+}
+
+// closeNoticeWait bounds how long a join waits for a local session of the
+// same user that may be closing; a true duplicate is refused after it.
+const closeNoticeWait = 500 * time.Millisecond
+
+// tryEnter is one attempt of enter; it returns a channel to wait on when a
+// leave of the same user on this node stands in the way, with
+// ErrUsernameTaken when that leave is not certain to come.
+func (r *room) tryEnter(ctx context.Context, s *session, resume bool, since int64, epoch string) (wait <-chan struct{}, err error) {
+	r.presenceMu.Lock()
 	defer r.presenceMu.Unlock()
+	r.mu.Lock()
+	busy, left := r.leaving[s.username] > 0, r.left
+	r.mu.Unlock()
+	if busy {
+		return left, nil
+	}
 	m := Member{Room: r.name, Username: s.username, Session: s.id}
 	first, err := r.srv.broker.Join(ctx, m, !r.cfg.duplicates)
 	if errors.Is(err, ErrUsernameTaken) {
-		return err
+		r.mu.Lock()
+		ending, local, left := r.endingLocked(s.username)
+		r.mu.Unlock()
+		switch {
+		case ending:
+			return left, nil
+		case local:
+			return left, err
+		}
+		return nil, err
 	}
 	if err != nil {
-		// Perhaps recorded all the same: take it back, in the background
-		// if the broker is down (the broker retries a failed Leave).
+		// Perhaps recorded all the same: take it back (the broker
+		// retries a Leave that fails).
 		leaveCtx, cancel := r.srv.storeContext(context.Background())
 		r.srv.broker.Leave(leaveCtx, m)
 		cancel()
-		return err
+		return nil, err
 	}
 	if err := r.join(s, first, resume, since, epoch); err != nil {
 		r.srv.broker.Leave(ctx, m)
-		return err
+		return nil, err
 	}
-	return nil
+	return nil, nil
+}
+
+// endingLocked reports whether a member session of username has stopped
+// reading, so that it is about to leave, and whether there is one at all;
+// left is the channel that the next leave closes.
+func (r *room) endingLocked(username string) (ending, local bool, left <-chan struct{}) {
+	for _, m := range r.members {
+		if m.username == username {
+			local = true
+			ending = ending || m.ended.Load()
+		}
+	}
+	return ending, local, r.left
 }
 
 // join adds s to the room and queues its welcome (with the history after

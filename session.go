@@ -36,6 +36,7 @@ type session struct {
 	exited   chan struct{} // made when the session leaves its room, closed by room.exit; guarded by room.mu
 
 	lastSeen atomic.Int64 // unix nanoseconds of the last frame or pong
+	ended    atomic.Bool  // the reader has stopped: the session is about to leave
 	pinging  atomic.Bool
 
 	// Read-side state, owned by the reader goroutine.
@@ -167,6 +168,7 @@ func (s *session) run(resume bool, since int64, epoch string) {
 		logger.Debug("chatkit: session ended", "room", r.name, "username", s.username, "session", s.id, "reason", reason)
 	}()
 	code, reason = s.readLoop()
+	s.ended.Store(true)
 	if code != 0 {
 		s.srv.counters.drop(dropReason(reason))
 		logger.Info("chatkit: dropped client", "reason", reason, "room", r.name, "username", s.username, "session", s.id)
