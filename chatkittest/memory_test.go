@@ -27,3 +27,7 @@ func TestMemoryBroker(t *testing.T) {
 		return memoryNodes(t)
 	})
 }
+
+func BenchmarkMemoryStore(b *testing.B) {
+	chatkittest.BenchmarkStore(b, func(*testing.B) chatkit.Store { return chatkit.NewMemoryStore(100) })
+}
