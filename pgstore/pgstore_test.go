@@ -163,6 +163,7 @@ func idRange(first, last int64) []int64 {
 }
 
 func TestConformance(t *testing.T) {
+	pgURL(t) // skip once, not in each subtest
 	chatkittest.RunStoreTests(t, func(t *testing.T) chatkit.Store {
 		return newStore(t, newPool(t, newSchema(t), ""))
 	})

@@ -10,14 +10,16 @@ import (
 // holds many row locks, nor writes much WAL, in one transaction.
 const pruneBatch = 1000
 
-// The oldest messages past a room's count limit ($1), or past the age
-// limit ($1), pruneBatch at a time. A room's ids are gap-free, so its
-// newest n are those above last_id - n.
+// The messages past a room's count limit ($1), or past the age limit
+// ($1), pruneBatch at a time. A room's ids are gap-free, so its newest n
+// are those above last_id - n; the lateral join finds the others room by
+// room on the primary key, rather than by scanning every message.
 var (
 	pruneCountSQL = fmt.Sprintf(`
 DELETE FROM chatkit_messages WHERE (room, id) IN (
-    SELECT m.room, m.id FROM chatkit_rooms r JOIN chatkit_messages m ON m.room = r.room
-    WHERE m.id <= r.last_id - $1 LIMIT %d)`, pruneBatch)
+    SELECT m.room, m.id FROM chatkit_rooms r, LATERAL (
+        SELECT room, id FROM chatkit_messages WHERE room = r.room AND id <= r.last_id - $1 LIMIT %[1]d
+    ) m LIMIT %[1]d)`, pruneBatch)
 	pruneAgeSQL = fmt.Sprintf(`
 DELETE FROM chatkit_messages WHERE (room, id) IN (
     SELECT room, id FROM chatkit_messages WHERE created_at < $1 LIMIT %d)`, pruneBatch)
@@ -37,7 +39,7 @@ func (s *Store) Prune(ctx context.Context) (int64, error) {
 		for {
 			tag, err := s.pool.Exec(ctx, sql, arg)
 			if err != nil {
-				return s.callError("Prune", ctx, err)
+				return callError(ctx, "Prune", err)
 			}
 			total += tag.RowsAffected()
 			if tag.RowsAffected() < pruneBatch {

@@ -22,6 +22,10 @@ import (
 // chatkit.Store. Several Servers, in one process or many, share a chat by
 // each using a Store on the same database (and search_path). Its methods
 // are safe for concurrent use.
+//
+// A Store has no Forget method, on purpose: a Server forgets the rooms it
+// frees from a store that has one, and a database is where rooms outlive
+// Servers.
 type Store struct {
 	pool *pgxpool.Pool
 	cfg  config
@@ -170,7 +174,7 @@ func (s *Store) Append(ctx context.Context, m chatkit.Message) (chatkit.Message,
 			continue // not sent: a pooled connection that had died, say after a database restart
 		}
 		if err != nil {
-			return chatkit.Message{}, false, s.callError("Append", ctx, err)
+			return chatkit.Message{}, false, callError(ctx, "Append", err)
 		}
 		m.ID, m.Epoch, m.Time = id, epoch, at
 		if dup {
@@ -235,14 +239,14 @@ func (s *Store) read(ctx context.Context, call, sql, room string, bound int64, l
 			st, msgs, found, err = s.readOnce(ctx, sql, room, bound, limit)
 		}
 		if err != nil {
-			return chatkit.RoomState{}, nil, s.callError(call, ctx, err)
+			return chatkit.RoomState{}, nil, callError(ctx, call, err)
 		}
 		if found {
 			return st, msgs, nil
 		}
 		if _, err := s.pool.Exec(ctx, `INSERT INTO chatkit_rooms (room, epoch) VALUES ($1, $2) ON CONFLICT (room) DO NOTHING`,
 			room, newEpoch()); err != nil {
-			return chatkit.RoomState{}, nil, s.callError(call, ctx, err)
+			return chatkit.RoomState{}, nil, callError(ctx, call, err)
 		}
 	}
 	return chatkit.RoomState{}, nil, fmt.Errorf("pgstore: %s: room %q has no row after it was created", call, room)
@@ -297,7 +301,7 @@ func brokenConn(ctx context.Context, err error) bool {
 // callError names the call in err, and makes the error of a call cut
 // short by ctx ctx's own, so that callers can tell a timeout with
 // errors.Is(err, context.DeadlineExceeded).
-func (s *Store) callError(call string, ctx context.Context, err error) error {
+func callError(ctx context.Context, call string, err error) error {
 	if ctxErr := ctx.Err(); ctxErr != nil && !errors.Is(err, ctxErr) {
 		return fmt.Errorf("pgstore: %s: %w (%v)", call, ctxErr, err)
 	}
