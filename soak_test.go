@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -42,12 +43,33 @@ import (
 // At the end every well-behaved client has every message of its room, and
 // goroutines, heap and open files are back near where they started.
 const (
-	soakClients      = 500
-	soakRooms        = 50
-	soakPingInterval = time.Second
-	soakIdleTimeout  = 4 * time.Second
-	soakWait         = 20 * time.Second // bound on any one wait for an event
+	soakClients = 500
+	soakRooms   = 50
+	soakWait    = 20 * time.Second // bound on any one wait for an event
 )
+
+// The idle timeout is short, so that stalled clients are dropped early in
+// the soak. Under the race detector, which slows everything several times
+// on the same 2 cores, a well-behaved client's frames can wait seconds to
+// be read, so the timeout is longer there.
+var (
+	soakRace         = soakBuiltWithRace()
+	soakPingInterval = map[bool]time.Duration{false: time.Second, true: 2 * time.Second}[soakRace]
+	soakIdleTimeout  = map[bool]time.Duration{false: 4 * time.Second, true: 10 * time.Second}[soakRace]
+)
+
+func soakBuiltWithRace() bool {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return false
+	}
+	for _, s := range info.Settings {
+		if s.Key == "-race" {
+			return s.Value == "true"
+		}
+	}
+	return false
+}
 
 type soakKind int
 
@@ -754,23 +776,41 @@ func (c *soakClient) runBlaster() {
 			return
 		}
 		conn := c.conn
+		frame := func(n int) []byte { return chatFrame("flood", fmt.Sprintf("%s.%d.%d", c.name, cycle, n)) }
+		// Every other cycle (every cycle under the race detector, whose
+		// slowness would starve the session's writer and drop it as too
+		// slow first), it sends the next message as soon as the last one
+		// is answered, ignoring retry_after_ms; else it writes without
+		// waiting for anything.
+		lockstep := soakRace || cycle%2 == 1
+		sent := 0
+		sendNext := func() {
+			ctx, cancel := context.WithTimeout(context.Background(), soakWait)
+			conn.Write(ctx, websocket.MessageText, frame(sent)) // fails once the server has closed it
+			cancel()
+			sent++
+		}
 		quit := make(chan struct{})
 		var wg sync.WaitGroup
-		wg.Go(func() {
-			for n := 0; ; n++ {
-				select {
-				case <-quit:
-					return
-				default:
+		if lockstep {
+			sendNext()
+		} else {
+			wg.Go(func() {
+				for n := 0; ; n++ {
+					select {
+					case <-quit:
+						return
+					default:
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), soakWait)
+					err := conn.Write(ctx, websocket.MessageText, frame(n))
+					cancel()
+					if err != nil {
+						return // the server has closed it
+					}
 				}
-				ctx, cancel := context.WithTimeout(context.Background(), soakWait)
-				err := conn.Write(ctx, websocket.MessageText, chatFrame("flood", fmt.Sprintf("%s.%d.%d", c.name, cycle, n)))
-				cancel()
-				if err != nil {
-					return // the server has closed it
-				}
-			}
-		})
+			})
+		}
 		var limited, acks int
 	read:
 		for {
@@ -783,6 +823,11 @@ func (c *soakClient) runBlaster() {
 					acks++
 				case e.Type == typeError:
 					run.fail("%s: unexpected error %+v", c.name, e)
+				default:
+					continue
+				}
+				if lockstep {
+					sendNext()
 				}
 			case <-c.done:
 				break read
@@ -806,8 +851,8 @@ func (c *soakClient) runBlaster() {
 		run.blasterCloses.Add(1)
 		run.flooding.Add(1)
 		if code != statusPolicy || reason != closeFlooding || limited < maxRateLimitedRun || acks == 0 {
-			run.fail("%s: flood ended with %d %q after %d acks and %d rate_limited; want 1008 %q after at least %d rate_limited",
-				c.name, code, reason, acks, limited, closeFlooding, maxRateLimitedRun)
+			run.fail("%s: flood (lockstep %v) ended with %d %q after %d acks and %d rate_limited; want 1008 %q after at least %d rate_limited",
+				c.name, lockstep, code, reason, acks, limited, closeFlooding, maxRateLimitedRun)
 		}
 		select {
 		case <-time.After(soakJitter(c.rng, time.Second, 2*time.Second)):
@@ -1041,8 +1086,16 @@ func TestSoak(t *testing.T) {
 	<-samplerDone
 
 	// The server's own counts agree with what the clients saw.
-	if got, want := stats.SessionsDropped["idle"]+stats.SessionsDropped["too_slow"], uint64(byKind[soakStalled]); got != want {
-		t.Errorf("idle and too_slow drops: %d, want %d (the stalled clients)", got, want)
+	// Each stalled client is one idle or too_slow drop. A write that fails
+	// because the client has just closed the connection itself is counted
+	// as a too_slow drop too (session.writeLoop cannot tell the two
+	// apart), so there may be more: every other client checks that it was
+	// not closed as too slow.
+	stalledDrops := stats.SessionsDropped["idle"] + stats.SessionsDropped["too_slow"]
+	if want := uint64(byKind[soakStalled]); stalledDrops < want {
+		t.Errorf("idle and too_slow drops: %d, want at least %d (the stalled clients)", stalledDrops, want)
+	} else if stalledDrops > want {
+		t.Logf("%d too_slow drops of sessions that no client saw closed as too slow: writes that failed as their clients closed", stalledDrops-want)
 	}
 	if got, want := stats.SessionsDropped["flooding"], uint64(run.flooding.Load()); got != want {
 		t.Errorf("flooding drops: %d, want %d", got, want)
@@ -1097,7 +1150,8 @@ func TestSoak(t *testing.T) {
 		return true
 	})
 	slices.Sort(closes)
-	t.Logf("soak: %v (connecting %v) with %d clients in %d rooms: %v", soaked.Round(time.Millisecond), connected.Round(time.Millisecond), soakClients, soakRooms, byKind)
+	t.Logf("soak: %v (connecting %v) with %d clients in %d rooms; ping interval %v, idle timeout %v, race detector %v",
+		soaked.Round(time.Millisecond), connected.Round(time.Millisecond), soakClients, soakRooms, soakPingInterval, soakIdleTimeout, soakRace)
 	for k, name := range soakKindNames {
 		t.Logf("  %-29s %d", name, byKind[soakKind(k)])
 	}
