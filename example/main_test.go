@@ -2,15 +2,18 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/chatkit/chatkit"
+	"github.com/jackc/pgx/v5"
 	"go.uber.org/goleak"
 )
 
@@ -89,5 +92,48 @@ func TestOperatorEndpoints(t *testing.T) {
 	}
 	if status, _ := get("/healthz"); status != 200 {
 		t.Errorf("GET /healthz while shutting down: %d, want 200 (alive)", status)
+	}
+}
+
+// With a database, -postgres makes the tables and the chat keeps its
+// messages there. The tables go in a schema of the test's own, named by
+// search_path in the URL, as an application may do.
+func TestPostgresFlagMigratesAndStores(t *testing.T) {
+	url := os.Getenv("CHATKIT_POSTGRES_URL")
+	if url == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CHATKIT_POSTGRES_URL is not set on CI")
+		}
+		t.Skip("set CHATKIT_POSTGRES_URL to run (.ci/start-postgres starts a PostgreSQL)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	admin, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	schema := "example_test_" + strings.ToLower(rand.Text()[:10])
+	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE")
+
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	store, pool, err := connectPostgres(url+sep+"search_path="+schema, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	defer store.Close()
+	if _, _, err := store.Append(ctx, chatkit.Message{Room: "general", Username: "alice", Text: "hi", Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := admin.QueryRow(ctx, "SELECT count(*) FROM "+schema+".chatkit_messages").Scan(&n); err != nil || n != 1 {
+		t.Errorf("messages in %s.chatkit_messages: %d, %v; want 1", schema, n, err)
 	}
 }
