@@ -222,6 +222,7 @@ type soakClient struct {
 	pauseUntil  atomic.Int64  // unix nanoseconds: the backing-off client sends again then
 	events      chan soakEvent
 	received    int
+	limited     int // rate_limited errors received
 }
 
 func newSoakClient(run *soakRun, i int, room *soakRoom, kind soakKind) *soakClient {
@@ -392,6 +393,7 @@ func (c *soakClient) handle(e soakEvent) {
 			}
 			delete(c.outstanding, e.ClientMsgID)
 			run.rateLimited.Add(1)
+			c.limited++
 			c.pauseUntil.Store(time.Now().Add(time.Duration(e.RetryAfterMS) * time.Millisecond).UnixNano())
 			c.poke()
 			break
@@ -1123,8 +1125,8 @@ func TestSoak(t *testing.T) {
 		}
 	}
 	for _, c := range clients {
-		if c.kind == soakBackoff && c.seq == 0 {
-			t.Errorf("%s never sent", c.name)
+		if c.kind == soakBackoff && (c.seq == 0 || c.limited == 0) {
+			t.Errorf("%s (%s): sent %d messages, got %d rate_limited; want some of each", c.name, soakKindNames[c.kind], c.seq, c.limited)
 		}
 	}
 
