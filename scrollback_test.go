@@ -144,6 +144,14 @@ func TestBadHistoryRequests(t *testing.T) {
 	if e := c.expect(typeError); e.Code != codeBadRequest || !strings.Contains(e.Error, "request_id") {
 		t.Errorf("long request_id: %s", e.raw)
 	}
+	// Ids over 64 characters are not echoed, whichever error answers them.
+	c.send(`{"type":"history","before":1.5,"request_id":"` + strings.Repeat("x", 65) + `"}`)
+	c.send(`{"type":"chat_message","text":5,"client_msg_id":"` + strings.Repeat("x", 65) + `"}`)
+	for range 2 {
+		if e := c.expect(typeError); e.Code != codeBadRequest || e.RequestID != "" || e.ClientMsgID != "" {
+			t.Errorf("a long id echoed: %s", e.raw)
+		}
+	}
 	// The connection is still usable.
 	if p := c.page(nil, 5, "ok"); p.Type != typeHistory {
 		t.Errorf("after bad requests: %s", p.raw)

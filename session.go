@@ -222,7 +222,7 @@ func (s *session) handle(ctx context.Context, data []byte) {
 	cmd, err := decodeFrame(data)
 	if err != nil {
 		s.sendErrorEvent(errorEvent{Code: codeBadRequest, Error: "invalid command: a field has the wrong type",
-			ClientMsgID: cmd.ClientMsgID, RequestID: cmd.RequestID})
+			ClientMsgID: echoable(cmd.ClientMsgID), RequestID: echoable(cmd.RequestID)})
 		return
 	}
 	switch cmd.Type {
@@ -405,8 +405,13 @@ func (s *session) writeLoop() {
 
 		if err := s.write(frames); err != nil {
 			// A write that timed out has already closed the
-			// connection; any other error means it is gone.
-			s.room.drop(s, closeTooSlow)
+			// connection: the client is too slow. Any other error
+			// means the connection is gone, say closed by the client.
+			if errors.Is(err, context.DeadlineExceeded) {
+				s.room.drop(s, closeTooSlow)
+			} else {
+				s.room.leave(s)
+			}
 			s.conn.CloseNow()
 			return
 		}
@@ -504,6 +509,15 @@ func (s *session) ping() {
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.idleTimeout)
 	defer cancel()
 	s.conn.Ping(ctx)
+}
+
+// echoable returns id if it may be echoed in an error: ids longer than
+// maxClientMsgID are refused, so they are not sent back either.
+func echoable(id string) string {
+	if utf8.RuneCountInString(id) > maxClientMsgID {
+		return ""
+	}
+	return id
 }
 
 // truncate shortens s to at most n characters, for error texts that may
