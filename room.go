@@ -242,10 +242,17 @@ func (r *room) enter(ctx context.Context, s *session, resume bool, since int64, 
 	defer patience.Stop()
 	for {
 		wait, err := r.tryEnter(ctx, s, resume, since, epoch)
-		if wait == nil {
+		var again <-chan time.Time
+		if wait == nil && errors.Is(err, ErrUsernameTaken) && r.cfg.leaveGrace > 0 {
+			// The session in the way may be on another node, about to
+			// linger (a reload through another node): nothing tells
+			// this node, so ask again shortly, within the patience.
+			again = time.After(closeNoticeWait / 10)
+		} else if wait == nil {
 			return err
 		}
 		select {
+		case <-again:
 		case <-wait:
 		case <-patience.C:
 			if errors.Is(err, ErrUsernameTaken) {
@@ -257,8 +264,9 @@ func (r *room) enter(ctx context.Context, s *session, resume bool, since int64, 
 	}
 }
 
-// closeNoticeWait bounds how long a join waits for a local session of the
-// same user that may be closing; a true duplicate is refused after it.
+// closeNoticeWait bounds how long a join waits for a session of the same
+// user that may be closing (a local one; with a leave grace, one on any
+// node); a true duplicate is refused after it.
 const closeNoticeWait = 500 * time.Millisecond
 
 // tryEnter is one attempt of enter; it returns a channel to wait on when a
