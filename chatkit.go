@@ -135,13 +135,15 @@ func (c *config) limits() limits {
 // it ends. Refused handshakes are answered with a JSON body
 // {"error": "..."} and these statuses: 405 for a method other than GET, 426
 // for a request that is not a WebSocket upgrade, 503 after Shutdown has
-// begun or when every room is in use at the WithMaxRooms cap, 403 for a
-// cross-origin request that WithOriginPatterns does not allow, 401 when
-// WithAuth fails (or the status of an HTTPError it returns), and 400 for
-// an invalid username, room or since parameter. A username already present
-// in the room is accepted and then closed with code 1008 and reason
-// "username taken", since a browser can read a close reason but not an
-// HTTP status.
+// begun, at the WithMaxConns cap (with Retry-After), when every room is in
+// use at the WithMaxRooms cap, or when the store or broker does not answer
+// within WithStoreTimeout; 429 at the WithMaxConnsPerIP cap (with
+// Retry-After); 403 for a cross-origin request that WithOriginPatterns does
+// not allow; 401 when WithAuth fails (or the status of an HTTPError it
+// returns); 500 when WithAuth or WithRoomResolver panics; and 400 for an
+// invalid username, room or since parameter. A username already present in
+// the room is accepted and then closed with code 1008 and reason "username
+// taken", since a browser can read a close reason but not an HTTP status.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	deny := func(status int, reason, message string) {
 		s.counters.refuse(reason)
