@@ -158,3 +158,26 @@ func ExampleServer_Shutdown() {
 func ExampleClientJS() {
 	http.Handle("/chatkit.js", chatkit.ClientJS())
 }
+
+// Serve one chat from several Servers of one process, as the redisadapter
+// package does across processes: a message stored through one is in the
+// history of every other.
+func ExampleNewMemoryCluster() {
+	cluster := chatkit.NewMemoryCluster(100)
+	a := chatkit.New(chatkit.WithAdapter(cluster.Node()))
+	b := chatkit.New(chatkit.WithAdapter(cluster.Node()))
+	a.Broadcast("general", "stored through a")
+	m, _ := b.Broadcast("general", "stored through b")
+	fmt.Println(m.ID)
+	// Output: 2
+}
+
+// Expose the server's counters, here as a readiness check and a log line;
+// the chatkitprom package exports them to Prometheus.
+func ExampleServer_Stats() {
+	chat := chatkit.New()
+	chat.Broadcast("general", "hello")
+	st := chat.Stats()
+	fmt.Println(st.MessagesStored, st.Sessions, chat.Ready(context.Background()))
+	// Output: 1 0 <nil>
+}
