@@ -111,7 +111,8 @@ type Member struct {
 // MemoryCluster joins several Servers of one process into one chat, with a
 // shared MemoryStore and an in-memory broker: what the redisadapter package
 // does across processes, for tests and for trying a multi-node setup. Give
-// each Server its own Node.
+// each Server its own Node. Its store never forgets a room (no Server may
+// free what the others use), so its memory grows with the rooms ever used.
 type MemoryCluster struct {
 	store *MemoryStore
 	hub   *memoryHub
