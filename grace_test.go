@@ -36,7 +36,7 @@ func TestLeaveGraceHidesAQuickReturn(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cluster := NewMemoryCluster(100)
 			opts := []Option{WithLeaveGrace(time.Minute), WithDuplicateUsernames(tt.duplicates)}
-			_, base1 := testServer(t, append(opts, WithAdapter(cluster.Node()))...)
+			srv1, base1 := testServer(t, append(opts, WithAdapter(cluster.Node()))...)
 			_, base2 := testServer(t, append(opts, WithAdapter(cluster.Node()))...)
 			alice, _ := join(t, base1, "Alice", "r")
 			bob, _ := join(t, base1, "Bob", "r")
@@ -46,6 +46,10 @@ func TestLeaveGraceHidesAQuickReturn(t *testing.T) {
 			}
 			bob.conn.Close(websocket.StatusNormalClosure, "reload")
 			bob.closed()
+			// The client's close handshake ends before the server has
+			// taken Bob's session out of the room; a return before that
+			// is a second Bob, refused as taken, not a return.
+			eventually(t, "Bob's first session ended", func() bool { return srv1.Stats().Sessions == 1 })
 			back := base2
 			if tt.sameNode {
 				back = base1
