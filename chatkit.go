@@ -65,7 +65,6 @@ type Server struct {
 	closing   bool
 	sessions  sync.WaitGroup // sessions and Broadcast calls in progress
 
-	batchBuffers  sync.Pool // *[]byte for joining a batch of events into one frame
 	gatherBuffers sync.Pool // *[]byte for gathering a batch of frames into one write
 }
 
@@ -99,10 +98,6 @@ func New(opts ...Option) *Server {
 		readLimit: int64(12*cfg.maxMessageLen + 12*maxClientMsgID + 1024),
 		rooms:     make(map[string]*room),
 		live:      make(map[*session]struct{}),
-		batchBuffers: sync.Pool{New: func() any {
-			b := make([]byte, 0, 4096)
-			return &b
-		}},
 		gatherBuffers: sync.Pool{New: func() any {
 			b := make([]byte, 0, 16<<10)
 			return &b

@@ -443,45 +443,23 @@ func (s *session) write(frames [][]byte) error {
 	}
 	t := s.tr
 	t.begin(time.Now().Add(s.srv.cfg.writeTimeout))
-	// coder/websocket only copies each frame into the transport, which
-	// holds the deadline; a context without one costs it nothing.
-	ctx := context.Background()
-	if !s.batch || len(frames) == 1 {
-		for _, f := range frames {
-			if err := s.writeFrame(ctx, f); err != nil {
-				return err
+	var err error
+	for len(frames) > 0 && err == nil {
+		n := 1
+		if s.batch {
+			size := len(frames[0])
+			for n < len(frames) && size+1+len(frames[n]) <= maxBatch {
+				size += 1 + len(frames[n])
+				n++
 			}
 		}
-		return t.flush(true)
+		err = t.writeText(frames[:n])
+		frames = frames[n:]
 	}
-	buf := s.srv.batchBuffers.Get().(*[]byte)
-	defer s.srv.batchBuffers.Put(buf)
-	for len(frames) > 0 {
-		b := append((*buf)[:0], frames[0]...)
-		frames = frames[1:]
-		for len(frames) > 0 && len(b)+1+len(frames[0]) <= maxBatch {
-			b = append(append(b, '\n'), frames[0]...)
-			frames = frames[1:]
-		}
-		*buf = b
-		if err := s.writeFrame(ctx, b); err != nil {
-			return err
-		}
+	if ferr := t.flush(true); err == nil {
+		err = ferr
 	}
-	return t.flush(true)
-}
-
-// writeFrame writes one text frame into the batch, sending what the batch
-// has gathered once it reaches gatherFlush.
-func (s *session) writeFrame(ctx context.Context, f []byte) error {
-	if err := s.conn.Write(ctx, websocket.MessageText, f); err != nil {
-		s.tr.flush(true)
-		return err
-	}
-	if s.tr.buffered() >= gatherFlush {
-		return s.tr.flush(false)
-	}
-	return nil
+	return err
 }
 
 func (s *session) closeConn() {

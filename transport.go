@@ -2,25 +2,29 @@ package chatkit
 
 import (
 	"bufio"
+	"encoding/binary"
 	"net"
 	"net/http"
 	"sync"
 	"time"
 )
 
-// A transport is what coder/websocket writes a session's frames to. It
-// flushes after every frame; a transport lets the session's writer gather
-// the frames of one batch and send them in one system call, whatever the
-// client negotiated: a WebSocket frame is a unit of the protocol, not of
-// the socket.
+// A transport is the connection under a session's websocket.Conn. The
+// session's writer writes its text frames into it itself (writeText): a
+// server frame is a header and the payload, unmasked and, with
+// compression off, as is. It gathers the frames of one batch and sends
+// them in one system call, whatever the client negotiated: a WebSocket
+// frame is a unit of the protocol, not of the socket. coder/websocket,
+// which writes through a frame at a time and flushes after each, then
+// costs nothing per event.
 //
-// Outside a batch a write goes to the socket at once. That is how control
-// frames from other goroutines go out (pongs from the reader, pings, close
-// frames); during a batch they are gathered behind the frames before them
-// and go out with the batch. coder/websocket writes each frame under its
-// own lock and, with the transport's bufio.Writer larger than any control
-// frame, flushes it whole before the next begins, so frames never
-// interleave here, and bytes reach the socket in the order written.
+// coder/websocket still reads, answers pings and closes, so it writes
+// only control frames; outside a batch they go to the socket at once,
+// during one they are gathered behind the frames before them and go out
+// with the batch. With the transport's bufio.Writer larger than any
+// control frame, and flushed at the end of every frame, each reaches
+// Write whole, in one call: frames never interleave, and a close frame is
+// known as one, after which no data frame is written.
 //
 // A transport is also the net.Conn that coder/websocket closes, so that
 // a close frame gathered behind a batch (coder/websocket answers a
@@ -34,6 +38,7 @@ type transport struct {
 	batch    bool      // the session's writer is gathering a batch
 	sending  bool      // the session's writer is sending what it gathered
 	closing  bool      // Close was called during a batch: close once it is sent
+	closed   bool      // coder/websocket has written a close frame: no data frame may follow
 	deadline time.Time // of the batch being gathered or sent
 	buf      *[]byte   // what was gathered, from pool; nil while there is nothing
 	err      error     // the first write error; every later write fails with it
@@ -41,8 +46,7 @@ type transport struct {
 
 // Buffer sizes. The writer's bufio.Writer holds a whole control frame
 // (a server's header is at most 10 bytes, its payload at most 125), so
-// that a control frame reaches the transport in one Write; longer frames
-// pass through it in two or three. The reader's holds a typical command,
+// that a control frame reaches the transport in one Write. The reader's holds a typical command,
 // so that it is read in one system call; the rest of a longer frame is
 // read straight into its message. Both stay small for an idle
 // connection, which holds no gather buffer: those are the pool's.
@@ -55,19 +59,17 @@ const (
 	maxPooledGather = 4 * gatherFlush
 )
 
-// Write is called by coder/websocket's bufio.Writer, at least once for
-// every frame.
+// Write is called by coder/websocket's bufio.Writer with one whole control
+// frame.
 func (t *transport) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	if err := t.err; err != nil {
 		t.mu.Unlock()
 		return 0, err
 	}
+	t.closed = t.closed || len(p) > 0 && p[0]&0x0f == opClose
 	if t.batch || t.sending {
-		if t.buf == nil {
-			t.buf = t.pool.Get().(*[]byte)
-		}
-		*t.buf = append(*t.buf, p...)
+		*t.gatherLocked() = append(*t.buf, p...)
 		t.mu.Unlock()
 		return len(p), nil
 	}
@@ -75,21 +77,69 @@ func (t *transport) Write(p []byte) (int, error) {
 	return t.send(p, time.Now().Add(t.timeout))
 }
 
+// opClose is the opcode of a close frame (RFC 6455, 5.2).
+const opClose = 0x8
+
+func (t *transport) gatherLocked() *[]byte {
+	if t.buf == nil {
+		t.buf = t.pool.Get().(*[]byte)
+	}
+	return t.buf
+}
+
+// writeText adds to the batch one text frame whose payload is events
+// joined by newlines, and sends the batch so far once it reaches
+// gatherFlush.
+func (t *transport) writeText(events [][]byte) error {
+	n := len(events) - 1
+	for _, e := range events {
+		n += len(e)
+	}
+	var h [10]byte
+	h[0] = 0x80 | 0x1 // FIN, text
+	hl := 2
+	switch {
+	case n <= 125:
+		h[1] = byte(n)
+	case n <= 0xffff:
+		h[1] = 126
+		binary.BigEndian.PutUint16(h[2:], uint16(n))
+		hl = 4
+	default:
+		h[1] = 127
+		binary.BigEndian.PutUint64(h[2:], uint64(n))
+		hl = 10
+	}
+	t.mu.Lock()
+	if t.err != nil || t.closed {
+		err := t.err
+		t.mu.Unlock()
+		if err == nil {
+			err = net.ErrClosed
+		}
+		return err
+	}
+	b := append(*t.gatherLocked(), h[:hl]...)
+	for i, e := range events {
+		if i > 0 {
+			b = append(b, '\n')
+		}
+		b = append(b, e...)
+	}
+	*t.buf = b
+	full := len(b) >= gatherFlush
+	t.mu.Unlock()
+	if full {
+		return t.flush(false)
+	}
+	return nil
+}
+
 // begin starts gathering a batch that must be sent by deadline.
 func (t *transport) begin(deadline time.Time) {
 	t.mu.Lock()
 	t.batch, t.deadline = true, deadline
 	t.mu.Unlock()
-}
-
-// buffered returns how many bytes are gathered.
-func (t *transport) buffered() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.buf == nil {
-		return 0
-	}
-	return len(*t.buf)
 }
 
 // flush sends what is gathered, and what other goroutines write while it
