@@ -3,26 +3,31 @@ package chatkit
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/coder/websocket"
 )
 
-// serverConn returns the server side of a fresh WebSocket connection and
-// the client side, dialed with the given subprotocols.
-func serverConn(t *testing.T, subprotocols ...string) (srv, cli *websocket.Conn) {
+// serverConn connects a session of srv, as ServeHTTP would, to a fresh
+// WebSocket connection and returns the client side, dialed with the given
+// subprotocols.
+func serverConn(t *testing.T, s *session, subprotocols ...string) (cli *websocket.Conn) {
 	t.Helper()
 	conns := make(chan *websocket.Conn, 1)
 	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: []string{Subprotocol}})
+		hw := &hijackRecorder{ResponseWriter: w, pool: &s.srv.gatherBuffers, timeout: s.srv.cfg.writeTimeout}
+		c, err := websocket.Accept(hw, r, &websocket.AcceptOptions{Subprotocols: []string{Subprotocol}})
 		if err != nil {
 			t.Error(err)
 			return
 		}
+		s.tr = hw.t
 		conns <- c
 	}))
 	t.Cleanup(ts.Close)
@@ -34,9 +39,10 @@ func serverConn(t *testing.T, subprotocols ...string) (srv, cli *websocket.Conn)
 	}
 	cli.SetReadLimit(-1)
 	t.Cleanup(func() { cli.CloseNow() })
-	srv = <-conns
-	t.Cleanup(func() { srv.CloseNow() })
-	return srv, cli
+	s.conn = <-conns
+	s.batch = s.conn.Subprotocol() == Subprotocol
+	t.Cleanup(func() { s.conn.CloseNow() })
+	return cli
 }
 
 func TestBatchingOnlyForClientsThatAskForIt(t *testing.T) {
@@ -51,13 +57,16 @@ func TestBatchingOnlyForClientsThatAskForIt(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srvConn, cli := serverConn(t, tt.subprotocols...)
 			s := newSession(New(), nil, "a")
 			defer s.cancel()
-			s.conn = srvConn
-			s.batch = srvConn.Subprotocol() == Subprotocol
+			cli := serverConn(t, s, tt.subprotocols...)
+			counted := &writeCounter{Conn: s.tr.Conn}
+			s.tr.Conn = counted
 			if err := s.write(events); err != nil {
 				t.Fatal(err)
+			}
+			if n := counted.writes.Load(); n != 1 {
+				t.Errorf("%d events took %d writes to the socket, want 1", len(events), n)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 			defer cancel()
@@ -71,11 +80,21 @@ func TestBatchingOnlyForClientsThatAskForIt(t *testing.T) {
 	}
 }
 
+// writeCounter counts the writes to a connection.
+type writeCounter struct {
+	net.Conn
+	writes atomic.Int64
+}
+
+func (c *writeCounter) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
 func TestBatchesAreBounded(t *testing.T) {
-	srvConn, cli := serverConn(t, Subprotocol)
 	s := newSession(New(), nil, "a")
 	defer s.cancel()
-	s.conn, s.batch = srvConn, true
+	cli := serverConn(t, s, Subprotocol)
 	big := []byte(`"` + strings.Repeat("x", 40<<10) + `"`)
 	go s.write([][]byte{big, big, big})
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)

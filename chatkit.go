@@ -15,7 +15,6 @@
 package chatkit
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -23,8 +22,8 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -67,7 +66,7 @@ type Server struct {
 	closing   bool
 	sessions  sync.WaitGroup // sessions and Broadcast calls in progress
 
-	batchBuffers sync.Pool // *[]byte for joining a batch of events into one frame
+	gatherBuffers sync.Pool // *[]byte for gathering a batch of frames into one write
 }
 
 // New returns a Server configured by opts. It panics if an option has an
@@ -100,8 +99,8 @@ func New(opts ...Option) *Server {
 		readLimit: int64(12*cfg.maxMessageLen + 12*maxClientMsgID + 1024),
 		rooms:     make(map[string]*room),
 		live:      make(map[*session]struct{}),
-		batchBuffers: sync.Pool{New: func() any {
-			b := make([]byte, 0, 4096)
+		gatherBuffers: sync.Pool{New: func() any {
+			b := make([]byte, 0, 16<<10)
 			return &b
 		}},
 	}
@@ -131,8 +130,11 @@ func (c *config) limits() limits {
 	return l
 }
 
-// ServeHTTP performs the WebSocket handshake and serves the session until
-// it ends. Refused handshakes are answered with a JSON body
+// ServeHTTP performs the WebSocket handshake and starts the session, which
+// a goroutine of its own then serves until it ends: ServeHTTP returns
+// once the connection is hijacked, so that net/http's state for the
+// request (its buffers, the request, the serving goroutine's grown stack)
+// is freed rather than kept for the life of the session. Refused handshakes are answered with a JSON body
 // {"error": "..."} and these statuses: 405 for a method other than GET, 426
 // for a request that is not a WebSocket upgrade, 503 after Shutdown has
 // begun, at the WithMaxConns cap (with Retry-After), when every room is in
@@ -177,7 +179,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		deny(http.StatusTooManyRequests, "capacity", "too many connections from your address; retry later")
 		return
 	}
-	defer s.dismiss(ip)
+	// What the handshake takes is let go here if it fails, and by the
+	// session's goroutine once it is started.
+	started := false
+	defer func() {
+		if !started {
+			s.dismiss(ip)
+		}
+	}()
 	username, err := callHook(s.cfg.logger, func() (string, error) { return s.cfg.auth(r) })
 	if errors.Is(err, errHookPanicked) {
 		deny(http.StatusInternalServerError, "internal", "internal error")
@@ -220,7 +229,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		deny(http.StatusServiceUnavailable, "shutting_down", err.Error())
 		return
 	}
-	defer s.release(rm)
+	defer func() {
+		if !started {
+			s.release(rm)
+		}
+	}()
 	ctx, cancel := s.storeContext(r.Context())
 	err = rm.hold(ctx)
 	cancel()
@@ -229,9 +242,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		deny(http.StatusServiceUnavailable, "unavailable", "chat is unavailable: its store did not answer; retry later")
 		return
 	}
-	defer rm.unhold()
+	defer func() {
+		if !started {
+			rm.unhold()
+		}
+	}()
 	sess := newSession(s, rm, username)
-	hw := &hijackRecorder{ResponseWriter: w}
+	hw := &hijackRecorder{ResponseWriter: w, pool: &s.gatherBuffers, timeout: s.cfg.writeTimeout}
 	conn, err := websocket.Accept(hw, r, &websocket.AcceptOptions{
 		Subprotocols:       []string{Subprotocol},
 		InsecureSkipVerify: true, // originAllowed checked it
@@ -241,9 +258,25 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return // Accept has answered the request
 	}
 	conn.SetReadLimit(s.readLimit)
-	sess.conn, sess.netConn = conn, hw.conn
+	sess.conn, sess.tr = conn, hw.t
 	sess.batch = conn.Subprotocol() == Subprotocol
-	sess.run(resume, since, epoch)
+	if !sess.start(resume, since, epoch) {
+		return
+	}
+	started = true
+	go func() {
+		defer s.dismiss(ip)
+		defer s.release(rm)
+		defer rm.unhold()
+		// net/http no longer stands behind the session to recover a
+		// panic: one bug must cost one session, not the process.
+		defer func() {
+			if p := recover(); p != nil {
+				s.cfg.logger.Error("chatkit: session panicked", "session", sess.id, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			}
+		}()
+		sess.serve()
+	}()
 }
 
 // track adds a session to, or removes it from, the live set, which the
@@ -292,22 +325,6 @@ func (s *Server) sweep(stop <-chan struct{}) {
 			batch = batch[:0]
 		}
 	}
-}
-
-// hijackRecorder keeps the net.Conn that websocket.Accept hijacks, so that
-// the Server can cut it: websocket.Conn.CloseNow does not while a close
-// handshake is in progress.
-type hijackRecorder struct {
-	http.ResponseWriter
-	conn net.Conn
-}
-
-func (w *hijackRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-func (w *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	w.conn = conn
-	return conn, brw, err
 }
 
 func (s *Server) isClosing() bool {

@@ -258,8 +258,8 @@ func fuzzCheckResume(t *testing.T, q url.Values) {
 // event; and batching is greedy (the next event would not have fitted).
 // A seed-style client gets one frame per event.
 //
-// The joining is not separable from session.write, which writes to a
-// websocket.Conn, so this drives session.write itself over one real
+// The joining is not separable from session.write, which writes to the
+// session's transport, so this drives session.write itself over one real
 // connection pair per fuzzing process (as broadcast_test.go's serverConn
 // does), reused across inputs; only the split side is reimplemented here,
 // as client.js does it.
@@ -271,9 +271,9 @@ func FuzzBatchSplit(f *testing.F) {
 	f.Add("\u2028\u2029</script>\"\\", "é", uint16(300), uint8(200), true)
 	f.Add("\xff\xfe invalid", "\x00ctl", uint16(7), uint8(5), true)
 	f.Add("a\x00b\x00c", "seed", uint16(2), uint8(4), false)
-	srvBatch, cliBatch := fuzzConnPair(f, Subprotocol)
-	srvPlain, cliPlain := fuzzConnPair(f)
 	chat := New(WithLogger(nil))
+	srvBatch, trBatch, cliBatch := fuzzConnPair(f, chat, Subprotocol)
+	srvPlain, trPlain, cliPlain := fuzzConnPair(f, chat)
 	f.Fuzz(func(t *testing.T, texts, username string, repeat uint16, count uint8, batch bool) {
 		parts := strings.Split(texts, "\x00")
 		n := max(len(parts), int(count))
@@ -304,13 +304,13 @@ func FuzzBatchSplit(f *testing.F) {
 				break
 			}
 		}
-		srvConn, cli := srvPlain, cliPlain
+		srvConn, tr, cli := srvPlain, trPlain, cliPlain
 		if batch {
-			srvConn, cli = srvBatch, cliBatch
+			srvConn, tr, cli = srvBatch, trBatch, cliBatch
 		}
 		s := newSession(chat, nil, "fuzz")
 		defer s.cancel()
-		s.conn, s.batch = srvConn, batch
+		s.conn, s.tr, s.batch = srvConn, tr, batch
 		written := make(chan error, 1)
 		go func() { written <- s.write(events) }()
 
@@ -358,15 +358,20 @@ func FuzzBatchSplit(f *testing.F) {
 
 // fuzzConnPair returns the server and client sides of one WebSocket
 // connection, closed when f's fuzzing ends.
-func fuzzConnPair(tb testing.TB, subprotocols ...string) (srv, cli *websocket.Conn) {
+func fuzzConnPair(tb testing.TB, chat *Server, subprotocols ...string) (srv *websocket.Conn, tr *transport, cli *websocket.Conn) {
 	tb.Helper()
-	conns := make(chan *websocket.Conn, 1)
+	type accepted struct {
+		conn *websocket.Conn
+		tr   *transport
+	}
+	conns := make(chan accepted, 1)
 	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: []string{Subprotocol}})
+		hw := &hijackRecorder{ResponseWriter: w, pool: &chat.gatherBuffers, timeout: chat.cfg.writeTimeout}
+		c, err := websocket.Accept(hw, r, &websocket.AcceptOptions{Subprotocols: []string{Subprotocol}})
 		if err != nil {
 			return
 		}
-		conns <- c
+		conns <- accepted{c, hw.t}
 	}))
 	tb.Cleanup(ts.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
@@ -377,9 +382,9 @@ func fuzzConnPair(tb testing.TB, subprotocols ...string) (srv, cli *websocket.Co
 	}
 	cli.SetReadLimit(-1)
 	tb.Cleanup(func() { cli.CloseNow() })
-	srv = <-conns
-	tb.Cleanup(func() { srv.CloseNow() })
-	return srv, cli
+	a := <-conns
+	tb.Cleanup(func() { a.conn.CloseNow() })
+	return a.conn, a.tr, cli
 }
 
 // FuzzHistoryRequest: a history command with arbitrary before, limit and

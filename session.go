@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"runtime"
 	"strings"
 	"sync"
@@ -28,7 +27,7 @@ type session struct {
 	room     *room
 	srv      *Server
 	conn     *websocket.Conn
-	netConn  net.Conn        // under conn; closing it ends every read and write at once
+	tr       *transport      // under conn: gathers each batch into one write; closing tr.Conn ends every read and write at once
 	batch    bool            // the client negotiated chatkit.v1: several events per frame
 	ctx      context.Context // ends when the session does; given to the WithOnMessage hook
 	cancel   context.CancelFunc
@@ -117,39 +116,53 @@ func (s *session) close(code websocket.StatusCode, reason string, drain bool) {
 	}
 }
 
-// run serves the session after the WebSocket handshake until it ends.
-func (s *session) run(resume bool, since int64, epoch string) {
-	defer s.cancel()
+// start puts the session in its room after the WebSocket handshake. It
+// returns false, having closed the connection, when the session cannot
+// enter; else serve must follow.
+func (s *session) start(resume bool, since int64, epoch string) bool {
 	s.srv.track(s, true)
-	defer s.srv.track(s, false)
 	if cfg := &s.srv.cfg; cfg.perUserRate && cfg.rate != rate.Inf {
 		s.limiter.messages = s.srv.userLimits.acquire(s.username, func() *rate.Limiter { return rate.NewLimiter(cfg.rate, cfg.burst) })
-		defer s.srv.userLimits.release(s.username)
 	}
-
 	r := s.room
 	ctx, cancel := s.srv.storeContext(s.ctx)
 	err := r.enter(ctx, s, resume, since, epoch)
 	cancel()
 	switch {
+	case err == nil:
+		s.srv.cfg.logger.Debug("chatkit: session started", "room", r.name, "username", s.username, "session", s.id)
+		return true
 	case errors.Is(err, ErrUsernameTaken):
 		s.conn.Close(statusPolicy, closeUsernameTaken)
-		return
 	case errors.Is(err, errRoomClosed):
 		s.conn.Close(statusGoingAway, closeShutdown)
-		return
-	case err != nil:
+	default:
 		s.srv.cfg.logger.Warn("chatkit: broker unavailable", "room", r.name, "session", s.id, "err", err)
 		s.conn.Close(statusTryAgainLater, closeUnavailable)
-		return
 	}
-	logger := s.srv.cfg.logger
-	logger.Debug("chatkit: session started", "room", r.name, "username", s.username, "session", s.id)
+	s.end()
+	return false
+}
 
+// end lets go of what start took.
+func (s *session) end() {
+	if cfg := &s.srv.cfg; cfg.perUserRate && cfg.rate != rate.Inf {
+		s.srv.userLimits.release(s.username)
+	}
+	s.srv.track(s, false)
+	s.cancel()
+}
+
+// serve reads the session's frames until it ends, then takes it out of its
+// room. It runs on a goroutine of its own, started after the handshake, so
+// that an idle session's only stack is one that has never grown past what
+// a blocked read needs.
+func (s *session) serve() {
+	defer s.end()
+	r, logger := s.room, s.srv.cfg.logger
 	var code websocket.StatusCode
 	var reason string
-	// Deferred so that a panicking WithOnMessage hook, which net/http
-	// recovers from, still takes the session out of its room.
+	// Deferred so that the session leaves its room however it ends.
 	defer func() {
 		r.leave(s)
 		// A client closed for what it sent still gets the errors that tell it why.
@@ -181,7 +194,7 @@ func (s *session) run(resume bool, since int64, epoch string) {
 func (s *session) readLoop() (websocket.StatusCode, string) {
 	for {
 		// A context that never ends costs coder/websocket nothing per
-		// read; the Server ends a read by closing netConn instead.
+		// read; the Server ends a read by closing tr.Conn instead.
 		typ, data, err := s.conn.Read(context.Background())
 		if err != nil {
 			// coder/websocket has closed with 1009 itself; its error
@@ -434,40 +447,33 @@ const idleQueueCap = 16
 // holds a whole backlog.
 const maxBatch = 64 << 10
 
-// write writes frames within one write timeout. A client that negotiated
-// chatkit.v1 gets them joined by newlines into as few WebSocket frames as
-// maxBatch allows; others get one frame per event.
+// write writes frames within one write timeout, in as few system calls as
+// gatherFlush allows. A client that negotiated chatkit.v1 gets them joined
+// by newlines into as few WebSocket frames as maxBatch allows; others get
+// one frame per event.
 func (s *session) write(frames [][]byte) error {
 	if len(frames) == 0 {
 		return nil
 	}
-	// Not derived from s.ctx, whose children would each cost a map entry:
-	// a session that must end at once has its netConn closed.
-	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.writeTimeout)
-	defer cancel()
-	if !s.batch || len(frames) == 1 {
-		for _, f := range frames {
-			if err := s.conn.Write(ctx, websocket.MessageText, f); err != nil {
-				return err
+	t := s.tr
+	t.begin(time.Now().Add(s.srv.cfg.writeTimeout))
+	var err error
+	for len(frames) > 0 && err == nil {
+		n := 1
+		if s.batch {
+			size := len(frames[0])
+			for n < len(frames) && size+1+len(frames[n]) <= maxBatch {
+				size += 1 + len(frames[n])
+				n++
 			}
 		}
-		return nil
+		err = t.writeText(frames[:n])
+		frames = frames[n:]
 	}
-	buf := s.srv.batchBuffers.Get().(*[]byte)
-	defer s.srv.batchBuffers.Put(buf)
-	for len(frames) > 0 {
-		b := append((*buf)[:0], frames[0]...)
-		frames = frames[1:]
-		for len(frames) > 0 && len(b)+1+len(frames[0]) <= maxBatch {
-			b = append(append(b, '\n'), frames[0]...)
-			frames = frames[1:]
-		}
-		*buf = b
-		if err := s.conn.Write(ctx, websocket.MessageText, b); err != nil {
-			return err
-		}
+	if ferr := t.flush(true); err == nil {
+		err = ferr
 	}
-	return nil
+	return err
 }
 
 func (s *session) closeConn() {
@@ -533,7 +539,7 @@ func truncate(s string, n int) string {
 // the writer and any close handshake in progress.
 func (s *session) kill() {
 	s.cancel()
-	if s.netConn != nil {
-		s.netConn.Close()
+	if s.tr != nil {
+		s.tr.Conn.Close()
 	}
 }
