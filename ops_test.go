@@ -349,3 +349,24 @@ func TestConnectDisconnectCyclesLeaveNothingBehind(t *testing.T) {
 	})
 	t.Logf("%d cycles: goroutines %d → %d, heap %d → %d KiB", cycles, goroutines, g, heap>>10, h>>10)
 }
+
+func TestAWriteThatTimesOutDropsTheClientAsTooSlow(t *testing.T) {
+	// A queue that never fills, so that only the write timeout can find
+	// the stalled client out: 200 messages of 50 KB are more than the
+	// socket buffers of a peer that does not read.
+	chat, base := testServer(t, WithRateLimit(rate.Inf, 0), WithSendQueue(100000), WithWriteTimeout(300*time.Millisecond),
+		WithMaxMessageLength(60000), WithHistorySize(0))
+	stalled := dialRaw(t, base, query("username", "stalled", "room", "r"))
+	eventually(t, "the stalled client in its room", func() bool { return chat.Stats().Sessions == 1 })
+	big := strings.Repeat("x", 50000)
+	for i := range 200 {
+		if _, err := chat.Broadcast("r", fmt.Sprint(i, big)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "the stalled client dropped", func() bool { return chat.Stats().Sessions == 0 })
+	if got := chat.Stats().SessionsDropped["too_slow"]; got != 1 {
+		t.Errorf("too_slow drops %d, want 1: a timed-out write is a slow client, not a closed one", got)
+	}
+	stalled.CloseNow()
+}

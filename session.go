@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -420,7 +421,7 @@ func (s *session) writeLoop() {
 			// A write that timed out has already closed the
 			// connection: the client is too slow. Any other error
 			// means the connection is gone, say closed by the client.
-			if errors.Is(err, context.DeadlineExceeded) {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
 				s.room.drop(s, closeTooSlow)
 			} else {
 				s.room.leave(s)
