@@ -134,7 +134,8 @@ func (c *config) limits() limits {
 // a goroutine of its own then serves until it ends: ServeHTTP returns
 // once the connection is hijacked, so that net/http's state for the
 // request (its buffers, the request, the serving goroutine's grown stack)
-// is freed rather than kept for the life of the session. Refused handshakes are answered with a JSON body
+// is freed rather than kept for the life of the session; Shutdown waits
+// for the sessions. Refused handshakes are answered with a JSON body
 // {"error": "..."} and these statuses: 405 for a method other than GET, 426
 // for a request that is not a WebSocket upgrade, 503 after Shutdown has
 // begun, at the WithMaxConns cap (with Retry-After), when every room is in
