@@ -114,5 +114,3 @@ func (h *ring) state() RoomState {
 	}
 	return st
 }
-
-func (h *ring) len() int { return h.count }

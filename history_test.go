@@ -38,8 +38,8 @@ func TestRingKeepsTheNewestAndIndexesClientIDs(t *testing.T) {
 	for _, m := range msgs {
 		ids = append(ids, m.ID)
 	}
-	if !slices.Equal(ids, []int64{4, 5, 6}) || !truncated || h.len() != 3 || h.last != 6 {
-		t.Errorf("since(0) = %v, %v; len %d, last %d", ids, truncated, h.len(), h.last)
+	if !slices.Equal(ids, []int64{4, 5, 6}) || !truncated || h.count != 3 || h.last != 6 {
+		t.Errorf("since(0) = %v, %v; len %d, last %d", ids, truncated, h.count, h.last)
 	}
 	if len(h.byClient) != 2 {
 		t.Errorf("the client-id index holds %d entries for 2 kept messages with ids", len(h.byClient))

@@ -724,15 +724,7 @@ func (r *room) skipLocked(msgs []Message) {
 			p.ack.send()
 		}
 	}
-	var slow []*session
-	for _, s := range r.members {
-		if !s.enqueue(r.welcomeLocked(s, true, since, r.epoch)) {
-			slow = append(slow, s)
-		}
-	}
-	for _, s := range slow {
-		r.dropLocked(s, closeTooSlow)
-	}
+	r.rewelcomeLocked(since, r.epoch)
 	r.drainPendingLocked()
 }
 
@@ -743,9 +735,15 @@ func (r *room) resyncLocked(st RoomState, msgs []Message) {
 	old := r.epoch
 	r.resetLocked(st, msgs)
 	r.srv.cfg.logger.Info("chatkit: room restarted by the store", "room", r.name, "epoch", r.epoch)
+	r.rewelcomeLocked(0, old)
+}
+
+// rewelcomeLocked sends every member the welcome of a reconnect with since
+// and epoch, dropping as too slow those whose queue is full.
+func (r *room) rewelcomeLocked(since int64, epoch string) {
 	var slow []*session
 	for _, s := range r.members {
-		if !s.enqueue(r.welcomeLocked(s, true, 0, old)) {
+		if !s.enqueue(r.welcomeLocked(s, true, since, epoch)) {
 			slow = append(slow, s)
 		}
 	}
