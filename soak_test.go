@@ -642,20 +642,29 @@ func (c *soakClient) runChatter() {
 // next returns the next event of the raw reader that is not about others,
 // or false when the connection ended first.
 func (c *soakClient) nextOwn() (soakEvent, bool) {
+	own := func(e soakEvent) bool {
+		return e.Type == typeError || e.Type == typeAck || e.Type == typeChat && e.Username == c.name
+	}
 	timeout := time.After(soakWait)
 	for {
 		select {
 		case e := <-c.events:
-			switch {
-			case e.Type == typeError:
-				return e, true
-			case e.Type == typeChat && e.Username == c.name:
-				return e, true
-			case e.Type == typeAck:
+			if own(e) {
 				return e, true
 			}
 		case <-c.done:
-			return soakEvent{}, false
+			// The reader queues an event before it ends, but select
+			// picks at random among ready cases: take what is queued.
+			for {
+				select {
+				case e := <-c.events:
+					if own(e) {
+						return e, true
+					}
+				default:
+					return soakEvent{}, false
+				}
+			}
 		case <-timeout:
 			c.run.fail("%s: no event within %v", c.name, soakWait)
 			return soakEvent{}, false
@@ -1035,6 +1044,11 @@ func TestSoak(t *testing.T) {
 		select {
 		case <-c.reached:
 		case <-c.done:
+			select {
+			case <-c.reached: // both ready: select picked at random
+				continue
+			default:
+			}
 			c.mu.Lock()
 			run.fail("%s (%s): connection ended at id %d of %d: %v", c.name, soakKindNames[c.kind], c.next-1, c.target, c.readErr)
 			c.mu.Unlock()
