@@ -107,6 +107,50 @@ func TestBatchesAreBounded(t *testing.T) {
 	}
 }
 
+// TestSendQueueBounds fills the queue of a session whose writer never runs:
+// presence notices, which a join storm makes by the thousand without any
+// client being slow, are bounded apart from messages, at
+// noticeQueueFactor times the queue, and neither kind takes the other's
+// room.
+func TestSendQueueBounds(t *testing.T) {
+	const queue = 4
+	tests := []struct {
+		name                string
+		notices, messages   int // queued first, in this order
+		noticeOK, messageOK bool
+	}{
+		{"an empty queue takes either", 0, 0, true, true},
+		{"messages fill the queue, notices still fit", 0, queue, true, false},
+		{"notices fill theirs, messages still fit", noticeQueueFactor * queue, 0, false, true},
+		{"both full", noticeQueueFactor * queue, queue, false, false},
+		{"one short of each", noticeQueueFactor*queue - 1, queue - 1, true, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newSession(New(WithSendQueue(queue)), nil, "a")
+			defer s.cancel()
+			s.writing = true // no writer goroutine: nothing drains the queue
+			frame := []byte(`{}`)
+			for i := range tt.notices {
+				if !s.enqueue(frame, true) {
+					t.Fatalf("notice %d refused", i)
+				}
+			}
+			for i := range tt.messages {
+				if !s.enqueue(frame, false) {
+					t.Fatalf("message %d refused", i)
+				}
+			}
+			if got := s.enqueue(frame, true); got != tt.noticeOK {
+				t.Errorf("one more notice: queued %v, want %v", got, tt.noticeOK)
+			}
+			if got := s.enqueue(frame, false); got != tt.messageOK {
+				t.Errorf("one more message: queued %v, want %v", got, tt.messageOK)
+			}
+		})
+	}
+}
+
 // BenchmarkBroadcast measures the broadcast path: storing a message,
 // encoding it once and queueing it for every member. The queues are
 // drained in the loop as the writers would; the writers' socket writes are

@@ -198,6 +198,11 @@ func WithOriginPatterns(patterns ...string) Option {
 // WithSendQueue sets how many events may wait to be written to one session
 // (default 256). A session whose queue is full is dropped as too slow (close
 // 1008 "too slow") so that it never delays the others. Must be at least 1.
+//
+// Presence notices (user_joined, user_left) have a queue of their own, four
+// times as long: a join storm, such as every client of a restarted node
+// coming back at once, queues a notice per join for every member faster
+// than a busy server's writers run, without any client being slow.
 func WithSendQueue(n int) Option {
 	if n < 1 {
 		badOption("WithSendQueue", n, "must be at least 1")

@@ -337,7 +337,7 @@ func (r *room) join(s *session, first, resume bool, since int64, epoch string) e
 	s.index = len(r.members)
 	r.members = append(r.members, s)
 	r.addPresentLocked(s.username)
-	s.enqueue(r.welcomeLocked(s, resume, since, epoch))
+	s.enqueue(r.welcomeLocked(s, resume, since, epoch), false)
 	if first {
 		r.announceLocked(typeUserJoined, s.username)
 		if f := r.cfg.onJoin; f != nil {
@@ -743,7 +743,7 @@ func (r *room) resyncLocked(st RoomState, msgs []Message) {
 func (r *room) rewelcomeLocked(since int64, epoch string) {
 	var slow []*session
 	for _, s := range r.members {
-		if !s.enqueue(r.welcomeLocked(s, true, since, epoch)) {
+		if !s.enqueue(r.welcomeLocked(s, true, since, epoch), false) {
 			slow = append(slow, s)
 		}
 	}
@@ -835,19 +835,20 @@ func (r *room) typing(s *session) {
 // never waits on a client. A member whose queue is full is dropped as too
 // slow, and its leave delivered in turn.
 func (r *room) deliverLocked(frame []byte, skip *session) {
-	r.deliverEachLocked(frame, frame, skip)
+	r.deliverEachLocked(frame, frame, skip, false)
 }
 
 // deliverEachLocked is deliverLocked with one frame for chatkit.v1 clients
-// and another for the others.
-func (r *room) deliverEachLocked(frame, v1Frame []byte, skip *session) {
+// and another for the others; notice says the frames are presence notices
+// (see session.enqueue).
+func (r *room) deliverEachLocked(frame, v1Frame []byte, skip *session, notice bool) {
 	var slow []*session
 	for _, s := range r.members {
 		f := frame
 		if s.batch {
 			f = v1Frame
 		}
-		if s != skip && !s.enqueue(f) {
+		if s != skip && !s.enqueue(f, notice) {
 			slow = append(slow, s)
 		}
 	}
@@ -866,7 +867,7 @@ func (r *room) announceLocked(typ, username string) {
 	ev := presenceEvent{Type: typ, Room: r.name, Username: username, Timestamp: formatTime(time.Now())}
 	v1Frame := encode(ev)
 	ev.ActiveUsers = r.presence.list()
-	r.deliverEachLocked(encode(ev), v1Frame, nil)
+	r.deliverEachLocked(encode(ev), v1Frame, nil, true)
 }
 
 // runHooks runs the queued presence hooks outside mu, in the order they

@@ -46,6 +46,7 @@ type session struct {
 
 	mu      sync.Mutex
 	queue   [][]byte
+	notices int      // presence notices in queue
 	spare   [][]byte // the writer's previous batch, reused for the next queue
 	writing bool     // a writer goroutine is running
 	closing bool     // no more frames are queued; the writer closes the connection
@@ -74,15 +75,29 @@ func (s *session) touch() { s.lastSeen.Store(time.Now().UnixNano()) }
 // enqueue queues one frame for writing. It never blocks: it returns false
 // when the queue is full, and the caller then drops the session. Frames
 // for a closing session are discarded.
-func (s *session) enqueue(frame []byte) bool {
+//
+// Presence notices (notice set) are bounded apart from the other frames,
+// at noticeQueueFactor times the queue: a join storm (a class arriving at
+// once, every client of a restarted node coming back) makes a notice per
+// join for every member, faster than the writers of a busy server get to
+// run, without any client being slow. A client that does not read is
+// still dropped: by its messages filling the queue, or its notices
+// filling theirs, or the write timeout.
+func (s *session) enqueue(frame []byte, notice bool) bool {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
 		return true
 	}
-	if len(s.queue) >= s.srv.cfg.sendQueue {
+	limit := s.srv.cfg.sendQueue
+	switch {
+	case notice && s.notices >= noticeQueueFactor*limit,
+		!notice && len(s.queue)-s.notices >= limit:
 		s.mu.Unlock()
 		return false
+	}
+	if notice {
+		s.notices++
 	}
 	s.queue = append(s.queue, frame)
 	s.startWriterLocked()
@@ -113,7 +128,7 @@ func (s *session) close(code websocket.StatusCode, reason string, drain bool) {
 	s.startWriterLocked()
 	s.closing, s.code, s.reason, s.drain = true, code, reason, drain
 	if !drain {
-		s.queue = nil
+		s.queue, s.notices = nil, 0
 	}
 }
 
@@ -379,7 +394,7 @@ func (s *session) sendErrorEvent(ev errorEvent) {
 // enqueueOrDrop queues a frame for this session alone, dropping the session
 // as too slow when its queue is full.
 func (s *session) enqueueOrDrop(frame []byte) {
-	if !s.enqueue(frame) {
+	if !s.enqueue(frame, false) {
 		s.room.drop(s, closeTooSlow)
 	}
 }
@@ -413,7 +428,7 @@ func (s *session) writeLoop() {
 			s.mu.Unlock()
 			return
 		}
-		s.queue = s.spare[:0]
+		s.queue, s.notices = s.spare[:0], 0
 		s.spare = nil
 		s.mu.Unlock()
 
@@ -443,6 +458,10 @@ func (s *session) writeLoop() {
 
 // idleQueueCap is the largest queue capacity a session keeps while idle.
 const idleQueueCap = 16
+
+// noticeQueueFactor bounds the presence notices queued for a session, as a
+// multiple of WithSendQueue; see enqueue.
+const noticeQueueFactor = 4
 
 // maxBatch bounds the frames that batching builds, so that one frame never
 // holds a whole backlog.
