@@ -163,11 +163,24 @@ type memoryHub struct {
 	appendMu sync.Mutex // held by a cluster node's Append across store and publish
 	mu       sync.Mutex
 	nodes    []*memoryBroker
-	sessions map[string]map[string]map[string]bool // room, username, session: lingering
+	sessions map[string]map[string][]hubSession // room, username: that user's sessions
+}
+
+// A hubSession is one session of a user in a room. A user has a slice of
+// them, not a map: most users have one session, and a slice of one costs a
+// fraction of the smallest map, for every idle connection.
+type hubSession struct {
+	id        string
+	lingering bool
+}
+
+// find returns the index of the session with id in sessions, or -1.
+func find(sessions []hubSession, id string) int {
+	return slices.IndexFunc(sessions, func(s hubSession) bool { return s.id == id })
 }
 
 func newMemoryHub() *memoryHub {
-	return &memoryHub{sessions: make(map[string]map[string]map[string]bool)}
+	return &memoryHub{sessions: make(map[string]map[string][]hubSession)}
 }
 
 func (h *memoryHub) node() *memoryBroker {
@@ -273,25 +286,18 @@ func (b *memoryBroker) Join(ctx context.Context, m Member, exclusive bool) (bool
 	defer h.mu.Unlock()
 	users := h.sessions[m.Room]
 	if users == nil {
-		users = make(map[string]map[string]bool)
+		users = make(map[string][]hubSession)
 		h.sessions[m.Room] = users
 	}
 	sessions := users[m.Username]
-	if _, ok := sessions[m.Session]; ok {
+	if find(sessions, m.Session) >= 0 {
 		return false, nil
 	}
-	if exclusive {
-		for _, lingering := range sessions {
-			if !lingering {
-				return false, ErrUsernameTaken
-			}
-		}
+	if exclusive && slices.ContainsFunc(sessions, func(s hubSession) bool { return !s.lingering }) {
+		return false, ErrUsernameTaken
 	}
-	if sessions == nil {
-		sessions = make(map[string]bool)
-		users[m.Username] = sessions
-	}
-	sessions[m.Session] = false
+	sessions = append(sessions, hubSession{id: m.Session})
+	users[m.Username] = sessions
 	first := len(sessions) == 1
 	if first {
 		h.sendLocked(b, Event{Kind: EventJoined, Room: m.Room, Username: m.Username})
@@ -305,11 +311,12 @@ func (b *memoryBroker) Leave(ctx context.Context, m Member) (bool, error) {
 	defer h.mu.Unlock()
 	users := h.sessions[m.Room]
 	sessions := users[m.Username]
-	if _, ok := sessions[m.Session]; !ok {
+	i := find(sessions, m.Session)
+	if i < 0 {
 		return false, nil
 	}
-	delete(sessions, m.Session)
-	if len(sessions) > 0 {
+	if sessions = slices.Delete(sessions, i, i+1); len(sessions) > 0 {
+		users[m.Username] = sessions
 		return false, nil
 	}
 	delete(users, m.Username)
@@ -324,8 +331,8 @@ func (b *memoryBroker) Linger(ctx context.Context, m Member) error {
 	b.hub.mu.Lock()
 	defer b.hub.mu.Unlock()
 	sessions := b.hub.sessions[m.Room][m.Username]
-	if _, ok := sessions[m.Session]; ok {
-		sessions[m.Session] = true
+	if i := find(sessions, m.Session); i >= 0 {
+		sessions[i].lingering = true
 	}
 	return nil
 }

@@ -261,7 +261,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	conn.SetReadLimit(s.readLimit)
 	sess.conn, sess.tr = conn, hw.t
 	sess.batch = conn.Subprotocol() == Subprotocol
-	if !sess.start(resume, since, epoch) {
+	if !sess.start(r.Context(), resume, since, epoch) {
 		return
 	}
 	started = true

@@ -132,16 +132,20 @@ func (s *session) close(code websocket.StatusCode, reason string, drain bool) {
 	}
 }
 
-// start puts the session in its room after the WebSocket handshake. It
-// returns false, having closed the connection, when the session cannot
-// enter; else serve must follow.
-func (s *session) start(resume bool, since int64, epoch string) bool {
+// start puts the session in its room after the WebSocket handshake, its
+// store and broker calls bounded by reqCtx, the handshake's, and
+// WithStoreTimeout. It returns false, having closed the connection, when
+// the session cannot enter; else serve must follow.
+func (s *session) start(reqCtx context.Context, resume bool, since int64, epoch string) bool {
 	s.srv.track(s, true)
 	if cfg := &s.srv.cfg; cfg.perUserRate && cfg.rate != rate.Inf {
 		s.limiter.messages = s.srv.userLimits.acquire(s.username, func() *rate.Limiter { return rate.NewLimiter(cfg.rate, cfg.burst) })
 	}
 	r := s.room
-	ctx, cancel := s.srv.storeContext(s.ctx)
+	// Not a child of s.ctx: a context keeps the map in which it held its
+	// children after they are gone, some 300 bytes for the life of every
+	// session that never sends a message.
+	ctx, cancel := s.srv.storeContext(reqCtx)
 	err := r.enter(ctx, s, resume, since, epoch)
 	cancel()
 	switch {

@@ -44,15 +44,17 @@ type transport struct {
 	err      error     // the first write error; every later write fails with it
 }
 
-// Buffer sizes. The writer's bufio.Writer holds a whole control frame
-// (a server's header is at most 10 bytes, its payload at most 125), so
-// that a control frame reaches the transport in one Write. The reader's holds a typical command,
-// so that it is read in one system call; the rest of a longer frame is
-// read straight into its message. Both stay small for an idle
-// connection, which holds no gather buffer: those are the pool's.
+// Buffer sizes, which every idle connection pays for. The writer's
+// bufio.Writer holds a whole control frame (its header is 2 bytes, since
+// its payload is at most 125), so that a control frame reaches the
+// transport in one Write. The reader's holds a frame header and a short
+// command, so that one is read in one system call; the rest of a longer
+// frame is read straight into its message (bufio.Reader reads past its
+// buffer when it is empty). Gather buffers are the pool's, held only
+// while a batch is written.
 const (
-	writeBufferSize = 256
-	readBufferSize  = 256
+	writeBufferSize = 128 // at least 2 + 125
+	readBufferSize  = 64
 	// gatherFlush is how much a batch gathers before it is sent, and
 	// maxPooledGather the largest gather buffer kept for reuse.
 	gatherFlush     = 64 << 10

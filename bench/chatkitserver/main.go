@@ -50,7 +50,9 @@ func main() {
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	logLevel := flag.String("log", "warn", "log level: debug, info, warn or error")
 	redisURL := flag.String("redis", "", "keep the chat in this Redis (redisadapter), e.g. redis://127.0.0.1:6379/0")
+	memRate := flag.Int("memprofilerate", runtime.MemProfileRate, "runtime.MemProfileRate, for /debug/pprof/heap (1 records every allocation)")
 	flag.Parse()
+	runtime.MemProfileRate = *memRate
 
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
