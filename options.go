@@ -160,7 +160,9 @@ func WithIdleTimeout(d time.Duration) Option {
 }
 
 // WithWriteTimeout sets how long one write to a client may take before the
-// client is dropped as too slow (default 10s). Must be positive.
+// client is dropped as too slow (default 10s); a write may be cut up to an
+// eighth of it sooner, since the socket's deadline is not moved for every
+// write. Must be positive.
 func WithWriteTimeout(d time.Duration) Option {
 	if d <= 0 {
 		badOption("WithWriteTimeout", d, "must be positive")
