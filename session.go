@@ -17,8 +17,9 @@ import (
 )
 
 // A session is one WebSocket connection of one user in one room. It owns
-// the connection: exactly one reader (the ServeHTTP goroutine) and at most
-// one writer goroutine, which drains the bounded queue that the room fills.
+// the connection: exactly one reader (serve, on a goroutine of its own)
+// and at most one writer goroutine, which drains the bounded queue that
+// the room fills.
 // The writer runs only while there is something to write, so an idle
 // session costs no goroutine besides its reader, and no timer: the
 // Server's sweeper pings it.
